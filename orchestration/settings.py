@@ -1,0 +1,122 @@
+"""All configuration, read once from the environment.
+
+Every field reads exactly one environment variable and has a default that works on one machine
+with the Procfile (embedded PostgreSQL, Temporal dev server). Point the variables at external
+services to run against a real cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+
+def _env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else float(raw)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = field(
+        default_factory=lambda: _env_str(
+            "DATABASE_URL", "postgresql://postgres@127.0.0.1:54329/orders"
+        )
+    )
+    """PostgreSQL DSN (DATABASE_URL); the default is the Procfile's embedded server."""
+    pool_max_size: int = field(default_factory=lambda: _env_int("DATABASE_POOL_MAX_SIZE", 20))
+    """Connections each process may hold (DATABASE_POOL_MAX_SIZE)."""
+
+
+@dataclass(frozen=True)
+class TemporalSettings:
+    address: str = field(default_factory=lambda: _env_str("TEMPORAL_ADDRESS", "127.0.0.1:7233"))
+    """Temporal frontend host:port (TEMPORAL_ADDRESS)."""
+    namespace: str = field(default_factory=lambda: _env_str("TEMPORAL_NAMESPACE", "default"))
+    """Temporal namespace (TEMPORAL_NAMESPACE)."""
+    orders_task_queue: str = field(
+        default_factory=lambda: _env_str("ORDERS_TASK_QUEUE", "orders")
+    )
+    """Task queue of OrderWorkflow and its activities (ORDERS_TASK_QUEUE)."""
+    shipping_task_queue: str = field(
+        default_factory=lambda: _env_str("SHIPPING_TASK_QUEUE", "shipping")
+    )
+    """Task queue of ShippingWorkflow and its activities (SHIPPING_TASK_QUEUE)."""
+    ui_url: str = field(default_factory=lambda: _env_str("TEMPORAL_UI_URL", "http://localhost:8233"))
+    """Base URL of the Temporal UI, used for links (TEMPORAL_UI_URL)."""
+
+
+@dataclass(frozen=True)
+class OrderPolicySettings:
+    """The time budget of one order. Sent to the workflow as input, so history records it."""
+
+    deadline_seconds: float = field(default_factory=lambda: _env_float("ORDER_DEADLINE_SECONDS", 15.0))
+    """Every order is shipped, cancelled or failed this long after it starts (ORDER_DEADLINE_SECONDS)."""
+    compensation_reserve_seconds: float = field(
+        default_factory=lambda: _env_float("ORDER_COMPENSATION_RESERVE_SECONDS", 3.0)
+    )
+    """Kept free at the end of the deadline for refund and close-out (ORDER_COMPENSATION_RESERVE_SECONDS)."""
+    review_timeout_seconds: float = field(
+        default_factory=lambda: _env_float("ORDER_REVIEW_TIMEOUT_SECONDS", 6.0)
+    )
+    """How long manual review waits for approval before cancelling (ORDER_REVIEW_TIMEOUT_SECONDS)."""
+    retry_interval_seconds: float = field(
+        default_factory=lambda: _env_float("ACTIVITY_RETRY_INTERVAL_SECONDS", 0.05)
+    )
+    """Pause between attempts of a failed activity (ACTIVITY_RETRY_INTERVAL_SECONDS)."""
+    attempt_backstop_seconds: float = field(
+        default_factory=lambda: _env_float("ACTIVITY_BACKSTOP_SECONDS", 2.0)
+    )
+    """Server-side start-to-close of one attempt; catches crashed workers (ACTIVITY_BACKSTOP_SECONDS)."""
+    dispatch_budget_seconds: float = field(
+        default_factory=lambda: _env_float("DISPATCH_BUDGET_SECONDS", 2.5)
+    )
+    """Time one shipping attempt gives DispatchCarrier before asking for a retry (DISPATCH_BUDGET_SECONDS)."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    attempt_timeout_seconds: float = field(
+        default_factory=lambda: _env_float("ACTIVITY_ATTEMPT_TIMEOUT_SECONDS", 0.1)
+    )
+    """In-activity cut-off of one attempt; must stay well below ACTIVITY_BACKSTOP_SECONDS."""
+    max_concurrent_activities: int = field(
+        default_factory=lambda: _env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 500)
+    )
+    """Activity slots per worker (WORKER_MAX_CONCURRENT_ACTIVITIES)."""
+    max_concurrent_workflow_tasks: int = field(
+        default_factory=lambda: _env_int("WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", 100)
+    )
+    """Workflow task slots per worker (WORKER_MAX_CONCURRENT_WORKFLOW_TASKS)."""
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    host: str = field(default_factory=lambda: _env_str("WEB_HOST", "127.0.0.1"))
+    """Interface the web server binds (WEB_HOST)."""
+    port: int = field(default_factory=lambda: _env_int("WEB_PORT", 8000))
+    """Port of the board and JSON API (WEB_PORT)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    temporal: TemporalSettings = field(default_factory=TemporalSettings)
+    order_policy: OrderPolicySettings = field(default_factory=OrderPolicySettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
