@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from orchestration.models import OrderPolicy
+
 
 def _env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
@@ -56,32 +58,27 @@ class TemporalSettings:
     """Base URL of the Temporal UI, used for links (TEMPORAL_UI_URL)."""
 
 
-@dataclass(frozen=True)
-class OrderPolicySettings:
-    """The time budget of one order. Sent to the workflow as input, so history records it."""
-
-    deadline_seconds: float = field(default_factory=lambda: _env_float("ORDER_DEADLINE_SECONDS", 15.0))
-    """Every order is shipped, cancelled or failed this long after it starts (ORDER_DEADLINE_SECONDS)."""
-    compensation_reserve_seconds: float = field(
-        default_factory=lambda: _env_float("ORDER_COMPENSATION_RESERVE_SECONDS", 3.0)
+def order_policy_from_env() -> OrderPolicy:
+    """The order time budget; each field of OrderPolicy (see its docstrings) has one variable."""
+    defaults = OrderPolicy()
+    return OrderPolicy(
+        deadline_seconds=_env_float("ORDER_DEADLINE_SECONDS", defaults.deadline_seconds),
+        compensation_reserve_seconds=_env_float(
+            "ORDER_COMPENSATION_RESERVE_SECONDS", defaults.compensation_reserve_seconds
+        ),
+        review_timeout_seconds=_env_float(
+            "ORDER_REVIEW_TIMEOUT_SECONDS", defaults.review_timeout_seconds
+        ),
+        retry_interval_seconds=_env_float(
+            "ACTIVITY_RETRY_INTERVAL_SECONDS", defaults.retry_interval_seconds
+        ),
+        attempt_backstop_seconds=_env_float(
+            "ACTIVITY_BACKSTOP_SECONDS", defaults.attempt_backstop_seconds
+        ),
+        dispatch_budget_seconds=_env_float(
+            "DISPATCH_BUDGET_SECONDS", defaults.dispatch_budget_seconds
+        ),
     )
-    """Kept free at the end of the deadline for refund and close-out (ORDER_COMPENSATION_RESERVE_SECONDS)."""
-    review_timeout_seconds: float = field(
-        default_factory=lambda: _env_float("ORDER_REVIEW_TIMEOUT_SECONDS", 6.0)
-    )
-    """How long manual review waits for approval before cancelling (ORDER_REVIEW_TIMEOUT_SECONDS)."""
-    retry_interval_seconds: float = field(
-        default_factory=lambda: _env_float("ACTIVITY_RETRY_INTERVAL_SECONDS", 0.05)
-    )
-    """Pause between attempts of a failed activity (ACTIVITY_RETRY_INTERVAL_SECONDS)."""
-    attempt_backstop_seconds: float = field(
-        default_factory=lambda: _env_float("ACTIVITY_BACKSTOP_SECONDS", 2.0)
-    )
-    """Server-side start-to-close of one attempt; catches crashed workers (ACTIVITY_BACKSTOP_SECONDS)."""
-    dispatch_budget_seconds: float = field(
-        default_factory=lambda: _env_float("DISPATCH_BUDGET_SECONDS", 2.5)
-    )
-    """Time one shipping attempt gives DispatchCarrier before asking for a retry (DISPATCH_BUDGET_SECONDS)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +109,8 @@ class WebSettings:
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     temporal: TemporalSettings = field(default_factory=TemporalSettings)
-    order_policy: OrderPolicySettings = field(default_factory=OrderPolicySettings)
+    order_policy: OrderPolicy = field(default_factory=order_policy_from_env)
+    """Time budget of each new order (variables listed in order_policy_from_env)."""
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     web: WebSettings = field(default_factory=WebSettings)
 

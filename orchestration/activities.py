@@ -1,0 +1,245 @@
+"""Temporal activities: thin wrappers around the business functions.
+
+Retrying is Temporal's job (the workflows set retry policies); an activity makes one attempt.
+What an activity adds is the attempt's own deadline: flaky_call can hang for 300 s, and
+Temporal's start-to-close timeout does not stop the coroutine (the SDK cancels it only seconds
+later), so a hung call would hold a worker slot long after its attempt was written off. Each
+attempt is therefore cut off inside the worker after `attempt_timeout` seconds, well below the
+server-side start-to-close, which stays as a backstop for crashed workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable, TypeVar
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+from orchestration import business
+from orchestration.models import (
+    ChargePaymentInput,
+    CloseOrderInput,
+    ErrorRecord,
+    OrderRef,
+    PaymentResult,
+    ReceiveOrderInput,
+    RecordAddressInput,
+    RecordEventInput,
+    RefundPaymentInput,
+    ShippingStepInput,
+    StepResult,
+)
+from orchestration.tables import Event
+
+T = TypeVar("T")
+
+# Failed attempts are expected (flaky_call fails two in three) and are logged here as one JSON
+# line each; BENIGN stops the SDK from logging a traceback for every one of them.
+BENIGN = ApplicationErrorCategory.BENIGN
+
+ATTEMPT_FAILED = "attempt_failed"
+# Recording a failed attempt is diagnostics; it must never stretch the attempt by much.
+FAILURE_RECORD_TIMEOUT_SECONDS = 1.0
+
+
+class ActivityCounter:
+    """How many activity attempts are executing right now (exposed for load tests)."""
+
+    def __init__(self) -> None:
+        self.running = 0
+
+
+class OrderActivities:
+    """Activities of both task queues; one instance per worker process."""
+
+    def __init__(self, attempt_timeout: float, counter: ActivityCounter | None = None) -> None:
+        self.attempt_timeout = attempt_timeout
+        self.counter = counter or ActivityCounter()
+
+    async def _attempt(self, order_id: str, call: Callable[[], Awaitable[T]]) -> tuple[T, list[ErrorRecord]]:
+        """Run one attempt within its deadline; returns the result and earlier attempts' errors."""
+        info = activity.info()
+        self.counter.running += 1
+        try:
+            try:
+                async with asyncio.timeout(self.attempt_timeout):
+                    result = await call()
+            except TimeoutError:
+                message = f"attempt timed out after {self.attempt_timeout:g}s"
+                await self._record_failure(order_id, message, "timeout")
+                raise ApplicationError(message, type="AttemptTimedOut", category=BENIGN) from None
+            except business.BusinessRuleViolation as err:
+                await self._record_failure(order_id, str(err), "rejected")
+                raise ApplicationError(str(err), type="BusinessRuleViolation", non_retryable=True) from err
+            except Exception as err:
+                message = f"{type(err).__name__}: {err}"
+                await self._record_failure(order_id, message, "error")
+                raise ApplicationError(message, type=type(err).__name__, category=BENIGN) from err
+            errors = await self._earlier_failures(order_id) if info.attempt > 1 else []
+            activity.logger.info(
+                "activity attempt succeeded",
+                extra={"event": "attempt_succeeded", "order_id": order_id},
+            )
+            return result, errors
+        finally:
+            self.counter.running -= 1
+
+    async def _record_failure(self, order_id: str, message: str, kind: str) -> None:
+        info = activity.info()
+        will_retry = kind != "rejected"
+        activity.logger.warning(
+            "activity attempt failed",
+            extra={
+                "event": "attempt_timed_out" if kind == "timeout" else "attempt_failed",
+                "order_id": order_id,
+                "error": message,
+                "next": "retry" if will_retry else "give up",
+            },
+        )
+        try:
+            async with asyncio.timeout(FAILURE_RECORD_TIMEOUT_SECONDS):
+                await business.record_event(
+                    order_id,
+                    ATTEMPT_FAILED,
+                    f"{info.workflow_id}:{info.activity_id}:{info.attempt}",
+                    {
+                        "step": info.activity_type,
+                        "attempt": info.attempt,
+                        "error": message,
+                        "workflow_id": info.workflow_id,
+                        "activity_id": info.activity_id,
+                    },
+                )
+        except Exception as err:  # the attempt's own error matters more than its record
+            activity.logger.warning(
+                "could not record failed attempt",
+                extra={"event": "failure_not_recorded", "order_id": order_id, "error": repr(err)},
+            )
+
+    async def _earlier_failures(self, order_id: str) -> list[ErrorRecord]:
+        info = activity.info()
+        rows = (
+            await Event.select(Event.payload_json, Event.ts)
+            .where(
+                (Event.order_id == order_id)
+                & (Event.type == ATTEMPT_FAILED)
+                & Event.event_key.like(f"{info.workflow_id}:{info.activity_id}:%")
+            )
+            .order_by(Event.id)
+            .output(load_json=True)
+        )
+        return [
+            ErrorRecord(
+                step=info.activity_type,
+                attempt=row["payload_json"]["attempt"],
+                message=row["payload_json"]["error"],
+                at=row["ts"].isoformat(),
+            )
+            for row in rows
+        ]
+
+    # Order queue.
+
+    @activity.defn
+    async def receive_order(self, input: ReceiveOrderInput) -> StepResult:
+        _, errors = await self._attempt(
+            input.order_id,
+            lambda: business.order_received(
+                input.order_id, input.payment_id, input.items, input.address
+            ),
+        )
+        return StepResult(attempt=activity.info().attempt, errors=errors)
+
+    @activity.defn
+    async def validate_order(self, input: OrderRef) -> StepResult:
+        _, errors = await self._attempt(
+            input.order_id, lambda: business.order_validated(input.order_id)
+        )
+        return StepResult(attempt=activity.info().attempt, errors=errors)
+
+    @activity.defn
+    async def charge_payment(self, input: ChargePaymentInput) -> PaymentResult:
+        payment, errors = await self._attempt(
+            input.order_id, lambda: business.payment_charged(input.order_id, input.payment_id)
+        )
+        return PaymentResult(
+            payment_id=input.payment_id,
+            status=payment["status"],
+            amount=payment["amount"],
+            already_processed=payment["already_processed"],
+            attempt=activity.info().attempt,
+            errors=errors,
+        )
+
+    @activity.defn
+    async def refund_payment(self, input: RefundPaymentInput) -> PaymentResult:
+        refund, errors = await self._attempt(
+            input.order_id,
+            lambda: business.payment_refunded(input.order_id, input.payment_id, input.reason),
+        )
+        return PaymentResult(
+            payment_id=input.payment_id,
+            status=refund["status"],
+            amount=refund["amount"],
+            attempt=activity.info().attempt,
+            errors=errors,
+        )
+
+    @activity.defn
+    async def mark_shipped(self, input: OrderRef) -> StepResult:
+        detail, errors = await self._attempt(
+            input.order_id, lambda: business.order_shipped(input.order_id)
+        )
+        return StepResult(attempt=activity.info().attempt, detail=detail, errors=errors)
+
+    @activity.defn
+    async def record_address(self, input: RecordAddressInput) -> None:
+        await business.record_address(input.order_id, input.address, input.version)
+
+    @activity.defn
+    async def close_order(self, input: CloseOrderInput) -> None:
+        await business.close_order(
+            input.order_id, input.state, input.reason, input.payment_id, input.items
+        )
+
+    @activity.defn
+    async def record_event(self, input: RecordEventInput) -> None:
+        await business.record_event(
+            input.order_id, input.event_type, input.event_key, input.payload
+        )
+
+    # Shipping queue.
+
+    @activity.defn
+    async def prepare_package(self, input: ShippingStepInput) -> StepResult:
+        detail, errors = await self._attempt(
+            input.order_id,
+            lambda: business.package_prepared(input.order_id, input.shipping_attempt),
+        )
+        return StepResult(attempt=activity.info().attempt, detail=detail, errors=errors)
+
+    @activity.defn
+    async def dispatch_carrier(self, input: ShippingStepInput) -> StepResult:
+        detail, errors = await self._attempt(
+            input.order_id,
+            lambda: business.carrier_dispatched(
+                input.order_id, input.shipping_attempt, input.address
+            ),
+        )
+        return StepResult(attempt=activity.info().attempt, detail=detail, errors=errors)
+
+    def order_queue_activities(self) -> list:
+        return [
+            self.receive_order,
+            self.validate_order,
+            self.charge_payment,
+            self.refund_payment,
+            self.mark_shipped,
+            self.record_address,
+            self.close_order,
+            self.record_event,
+        ]
+
+    def shipping_queue_activities(self) -> list:
+        return [self.prepare_package, self.dispatch_carrier]

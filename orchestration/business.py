@@ -1,0 +1,278 @@
+"""The business functions: each calls the unreliable outside world (flaky_call), then records
+what happened in PostgreSQL.
+
+Every write is idempotent, because Temporal retries an activity whenever an attempt fails or
+times out, including attempts whose write committed just before the worker lost track of it:
+- orders are inserted with ON CONFLICT DO NOTHING and only move forward through guarded
+  state transitions, so a late retry can never undo a cancellation;
+- a payment is keyed by the caller's payment_id (INSERT ... ON CONFLICT DO NOTHING); a second
+  charge with the same id returns the stored payment instead of charging again;
+- every event has a deterministic key with a unique constraint, so a fact is recorded once.
+The write happens only after flaky_call returned, i.e. after the side effect succeeded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from typing import Any, Iterable, Optional
+
+from orchestration.flaky import flaky_call
+from orchestration.models import (
+    CANCELLED,
+    CHARGED,
+    DISPATCHED,
+    FAILED,
+    RECEIVED,
+    SHIPPED,
+    SHIPPING,
+    TERMINAL_STATES,
+    VALIDATED,
+    Address,
+    Item,
+)
+from orchestration.tables import Event, Order, Payment
+
+
+class BusinessRuleViolation(Exception):
+    """A request that no retry can fix (for example an order without items)."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _transaction():
+    return Order._meta.db.transaction()
+
+
+async def record_event(order_id: str, event_type: str, event_key: str, payload: dict) -> bool:
+    """Insert an event once; returns False when an event with that key already exists."""
+    inserted = (
+        await Event.insert(
+            Event(
+                event_key=event_key,
+                order_id=order_id,
+                type=event_type,
+                payload_json=payload,
+                ts=_now(),
+            )
+        )
+        .on_conflict(target=Event.event_key, action="DO NOTHING")
+        .returning(Event.id)
+    )
+    return bool(inserted)
+
+
+async def _advance_state(order_id: str, new_state: str, from_states: Iterable[str]) -> bool:
+    """Move an order forward; a stale or repeated transition changes nothing."""
+    updated = (
+        await Order.update({Order.state: new_state, Order.updated_at: _now()})
+        .where((Order.id == order_id) & Order.state.is_in(list(from_states)))
+        .returning(Order.id)
+    )
+    return bool(updated)
+
+
+async def _fetch_order(order_id: str) -> dict[str, Any]:
+    order = await Order.select().where(Order.id == order_id).first().output(load_json=True)
+    if order is None:
+        raise BusinessRuleViolation(f"order {order_id} has not been received")
+    return order
+
+
+async def order_received(
+    order_id: str, payment_id: str, items: list[Item], address: Optional[Address]
+) -> dict[str, Any]:
+    await flaky_call()
+    items_json = [dataclasses.asdict(item) for item in items]
+    address_json = dataclasses.asdict(address) if address else None
+    now = _now()
+    async with _transaction():
+        inserted = (
+            await Order.insert(
+                Order(
+                    id=order_id,
+                    state=RECEIVED,
+                    payment_id=payment_id,
+                    items_json=items_json,
+                    address_json=address_json,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            .on_conflict(target=Order.id, action="DO NOTHING")
+            .returning(Order.id)
+        )
+        if inserted:
+            await record_event(
+                order_id,
+                "order_received",
+                f"{order_id}:order_received",
+                {"payment_id": payment_id, "items": items_json, "address": address_json},
+            )
+    return {"order_id": order_id, "items": items_json}
+
+
+async def order_validated(order_id: str) -> bool:
+    await flaky_call()
+    order = await _fetch_order(order_id)
+    items = order["items_json"] or []
+    if not items:
+        raise BusinessRuleViolation("No items to validate")
+    bad = [item for item in items if int(item.get("qty", 0)) < 1]
+    if bad:
+        raise BusinessRuleViolation(f"every item needs a quantity of at least 1: {bad}")
+    async with _transaction():
+        if await _advance_state(order_id, VALIDATED, [RECEIVED]):
+            await record_event(order_id, "order_validated", f"{order_id}:order_validated", {})
+    return True
+
+
+async def payment_charged(order_id: str, payment_id: str) -> dict[str, Any]:
+    """Charge once per payment_id; a repeat returns the stored payment, marked as a duplicate."""
+    await flaky_call()
+    order = await _fetch_order(order_id)
+    amount = sum(int(item.get("qty", 1)) for item in order["items_json"] or [])
+    async with _transaction():
+        inserted = (
+            await Payment.insert(
+                Payment(
+                    payment_id=payment_id,
+                    order_id=order_id,
+                    status="charged",
+                    amount=amount,
+                    created_at=_now(),
+                )
+            )
+            .on_conflict(target=Payment.payment_id, action="DO NOTHING")
+            .returning(Payment.payment_id)
+        )
+        if inserted:
+            await record_event(
+                order_id,
+                "payment_charged",
+                f"{order_id}:payment_charged",
+                {"payment_id": payment_id, "amount": amount},
+            )
+            await _advance_state(order_id, CHARGED, [VALIDATED, RECEIVED])
+            return {"status": "charged", "amount": amount, "already_processed": False}
+    stored = await Payment.select().where(Payment.payment_id == payment_id).first()
+    if stored["order_id"] != order_id:
+        raise BusinessRuleViolation(
+            f"payment id {payment_id} already belongs to order {stored['order_id']}"
+        )
+    return {"status": stored["status"], "amount": stored["amount"], "already_processed": True}
+
+
+async def payment_refunded(order_id: str, payment_id: str, reason: str) -> dict[str, Any]:
+    """Refund a charged payment once; with no charge on record there is nothing to refund."""
+    await flaky_call()
+    async with _transaction():
+        refunded = (
+            await Payment.update({Payment.status: "refunded", Payment.refunded_at: _now()})
+            .where(
+                (Payment.payment_id == payment_id)
+                & (Payment.order_id == order_id)
+                & (Payment.status == "charged")
+            )
+            .returning(Payment.amount)
+        )
+        if refunded:
+            amount = refunded[0]["amount"]
+            await record_event(
+                order_id,
+                "payment_refunded",
+                f"{order_id}:payment_refunded",
+                {"payment_id": payment_id, "amount": amount, "reason": reason},
+            )
+            return {"status": "refunded", "amount": amount}
+    stored = (
+        await Payment.select()
+        .where((Payment.payment_id == payment_id) & (Payment.order_id == order_id))
+        .first()
+    )
+    if stored is None:
+        return {"status": "not_charged", "amount": 0}
+    return {"status": stored["status"], "amount": stored["amount"]}
+
+
+async def order_shipped(order_id: str) -> str:
+    await flaky_call()
+    async with _transaction():
+        if await _advance_state(order_id, SHIPPED, [DISPATCHED]):
+            await record_event(order_id, "order_shipped", f"{order_id}:order_shipped", {})
+    return "Shipped"
+
+
+async def package_prepared(order_id: str, shipping_attempt: int) -> str:
+    await flaky_call()
+    async with _transaction():
+        await _advance_state(order_id, SHIPPING, [CHARGED])
+        await record_event(
+            order_id,
+            "package_prepared",
+            f"{order_id}:package_prepared:{shipping_attempt}",
+            {"shipping_attempt": shipping_attempt},
+        )
+    return "Package ready"
+
+
+async def carrier_dispatched(
+    order_id: str, shipping_attempt: int, address: Optional[Address]
+) -> str:
+    if address is None:
+        raise BusinessRuleViolation("the order has no shipping address")
+    await flaky_call()
+    async with _transaction():
+        # One dispatch per order, whichever shipping attempt achieved it.
+        await _advance_state(order_id, DISPATCHED, [SHIPPING, CHARGED])
+        await record_event(
+            order_id,
+            "carrier_dispatched",
+            f"{order_id}:carrier_dispatched",
+            {"shipping_attempt": shipping_attempt, "address": dataclasses.asdict(address)},
+        )
+    return "Dispatched"
+
+
+async def record_address(order_id: str, address: Address, version: int) -> None:
+    """Store the newest shipping address (bookkeeping: no outside call involved)."""
+    address_json = dataclasses.asdict(address)
+    async with _transaction():
+        await Order.update({Order.address_json: address_json, Order.updated_at: _now()}).where(
+            Order.id == order_id
+        )
+        await record_event(
+            order_id,
+            "address_updated",
+            f"{order_id}:address_updated:{version}",
+            {"address": address_json, "version": version},
+        )
+
+
+async def close_order(
+    order_id: str, state: str, reason: str, payment_id: str, items: list[Item]
+) -> None:
+    """Record a cancelled or failed order, creating its row if it never got received."""
+    if state not in (CANCELLED, FAILED):
+        raise ValueError(f"close_order only records cancelled or failed orders, not {state!r}")
+    now = _now()
+    async with _transaction():
+        await Order.insert(
+            Order(
+                id=order_id,
+                state=state,
+                reason=reason,
+                payment_id=payment_id,
+                items_json=[dataclasses.asdict(item) for item in items],
+                created_at=now,
+                updated_at=now,
+            )
+        ).on_conflict(
+            target=Order.id,
+            action="DO UPDATE",
+            values=[Order.state, Order.reason, Order.updated_at],
+            where=Order.state.not_in(list(TERMINAL_STATES)),
+        )
+        await record_event(order_id, f"order_{state}", f"{order_id}:closed", {"reason": reason})

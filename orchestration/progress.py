@@ -1,0 +1,126 @@
+"""What both workflows share: step bookkeeping for the status query, the activity retry
+policy, deadline arithmetic and structured workflow logs. Workflow code only: time comes from
+workflow.now(), logs go through workflow.logger (which stays quiet during replay)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Iterable, Optional
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    FailureError,
+    TimeoutError as TemporalTimeoutError,
+)
+
+from orchestration.models import ErrorRecord, OrderPolicy, StepStatus
+
+MAX_ERRORS_KEPT = 25
+
+
+def retry_policy(policy: OrderPolicy) -> RetryPolicy:
+    """Retry every failed attempt after a short, constant pause, with no attempt limit.
+
+    The budget of a step is time, not a count: each activity gets a schedule-to-close timeout
+    that ends at the order's deadline. Exponential backoff would spend that budget waiting, and
+    a small maximum_attempts fails a third of all orders (two in three attempts fail)."""
+    interval = timedelta(seconds=policy.retry_interval_seconds)
+    return RetryPolicy(
+        initial_interval=interval,
+        backoff_coefficient=1.0,
+        maximum_interval=interval,
+        maximum_attempts=0,
+        non_retryable_error_types=["BusinessRuleViolation"],
+    )
+
+
+def time_left(until: datetime) -> timedelta:
+    return until - workflow.now()
+
+
+def failure_message(err: BaseException) -> str:
+    """The innermost meaningful message of a Temporal failure chain."""
+    messages = []
+    current: Optional[BaseException] = err
+    while current is not None:
+        if isinstance(current, FailureError) and current.message:
+            messages.append(current.message)
+        current = current.__cause__
+    # The outermost message is generic ("Activity task failed"); the cause says what happened.
+    return messages[-1] if messages else str(err)
+
+
+def is_deadline(err: BaseException) -> bool:
+    """True when an activity or child ran out of time (schedule-to-close or our own deadline)."""
+    current: Optional[BaseException] = err
+    while current is not None:
+        if isinstance(current, TemporalTimeoutError):
+            return True
+        if isinstance(current, ApplicationError) and current.type == "DeadlineExceeded":
+            return True
+        if not isinstance(current, (ActivityError, ChildWorkflowError)):
+            return False
+        current = current.__cause__
+    return False
+
+
+class StepBook:
+    """Steps, attempts and recent errors of one workflow, as the status query shows them."""
+
+    def __init__(self, names: Iterable[str], context: dict[str, Any]) -> None:
+        self.steps = {name: StepStatus(name=name) for name in names}
+        self.errors: list[ErrorRecord] = []
+        self.current: Optional[str] = None
+        self._context = context
+
+    def log(self, message: str, event: str, **fields: Any) -> None:
+        workflow.logger.info(message, extra={"event": event, **self._context, **fields})
+
+    def start(self, name: str) -> None:
+        step = self.steps[name]
+        step.status = "running"
+        step.started_at = workflow.now().isoformat()
+        self.current = name
+        self.log(f"step {name} started", "step_started", step=name)
+
+    def complete(self, name: str, attempts: int, errors: Iterable[ErrorRecord] = ()) -> None:
+        step = self.steps[name]
+        step.status = "completed"
+        step.attempts = attempts
+        step.finished_at = workflow.now().isoformat()
+        for error in errors:
+            self.add_error(error)
+        if self.current == name:
+            self.current = None
+        self.log(f"step {name} completed", "step_completed", step=name, attempt=attempts)
+
+    def fail(self, name: str, message: str, status: str = "failed") -> None:
+        step = self.steps[name]
+        step.status = status
+        step.finished_at = workflow.now().isoformat()
+        if self.current == name:
+            self.current = None
+        if status == "failed":
+            self.add_error(ErrorRecord(step=name, attempt=step.attempts, message=message, at=workflow.now().isoformat()))
+        workflow.logger.warning(
+            f"step {name} {status}: {message}",
+            extra={"event": f"step_{status}", **self._context, "step": name, "error": message},
+        )
+
+    def add_error(self, error: ErrorRecord) -> None:
+        self.errors.append(error)
+        del self.errors[:-MAX_ERRORS_KEPT]
+
+    def note_refusal(self, what: str, message: str) -> None:
+        self.add_error(ErrorRecord(step=what, attempt=0, message=message, at=workflow.now().isoformat()))
+        workflow.logger.warning(
+            f"{what} refused: {message}",
+            extra={"event": "signal_refused", **self._context, "signal": what, "error": message},
+        )
+
+    def listed(self) -> list[StepStatus]:
+        return list(self.steps.values())

@@ -1,0 +1,160 @@
+"""ShippingWorkflow: one shipping attempt of a paid order, on its own task queue.
+
+PreparePackage, then DispatchCarrier. A dispatch that runs out of its time budget asks the parent
+(signal `dispatch_failed`) for another shipping attempt. Once the carrier call is under way it is
+never interrupted: a cancel that arrives meanwhile waits for the call to settle, because only the
+outcome of that call says whether the goods left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Optional
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from orchestration.models import (
+    SHIPPING_STEPS,
+    AddressUpdate,
+    CancelOrder,
+    DispatchFailure,
+    ShippingInput,
+    ShippingResult,
+    ShippingStatus,
+    ShippingStepInput,
+)
+from orchestration.progress import StepBook, failure_message, is_deadline, retry_policy, time_left
+
+with workflow.unsafe.imports_passed_through():
+    from orchestration.activities import OrderActivities
+
+DISPATCH_FAILED_SIGNAL = "dispatch_failed"
+
+
+@workflow.defn
+class ShippingWorkflow:
+    @workflow.init
+    def __init__(self, input: ShippingInput) -> None:
+        self._input = input
+        self._deadline_at = datetime.fromisoformat(input.deadline_at)
+        self._address = input.address
+        self._cancel_reason: Optional[str] = None
+        self._dispatching = False
+        self._dispatch: Optional[workflow.ActivityHandle] = None
+        self._outcome: Optional[str] = None
+        self._book = StepBook(
+            SHIPPING_STEPS,
+            {"order_id": input.order_id, "shipping_attempt": input.shipping_attempt},
+        )
+
+    @workflow.run
+    async def run(self, input: ShippingInput) -> ShippingResult:
+        try:
+            result = await self._ship()
+        except asyncio.CancelledError:
+            # Cancelled through Temporal itself (CLI, or the parent giving up): same as a cancel
+            # signal. A dispatch in flight still settles first.
+            self._cancel_reason = self._cancel_reason or "shipping workflow cancelled"
+            result = await self._ship_after_cancellation()
+        self._outcome = result.outcome
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return result
+
+    async def _ship(self) -> ShippingResult:
+        prepare = self._start(
+            "prepare_package", OrderActivities.prepare_package, self._deadline_at - workflow.now()
+        )
+        await workflow.wait_condition(lambda: prepare.done() or self._cancel_reason is not None)
+        if not prepare.done():
+            prepare.cancel()
+            self._book.fail("prepare_package", self._cancel_reason, status="cancelled")
+            return self._cancelled()
+        await self._finish("prepare_package", prepare)
+        if self._cancel_reason is not None:
+            return self._cancelled()
+        self._dispatch = self._start("dispatch_carrier", OrderActivities.dispatch_carrier, self._dispatch_budget())
+        self._dispatching = True
+        try:
+            await asyncio.shield(self._dispatch)
+        except ActivityError:
+            pass  # _settle_dispatch reads the outcome, failure included
+        return await self._settle_dispatch()
+
+    async def _ship_after_cancellation(self) -> ShippingResult:
+        if not self._dispatching:
+            return self._cancelled()
+        return await self._settle_dispatch()
+
+    async def _settle_dispatch(self) -> ShippingResult:
+        try:
+            await self._finish("dispatch_carrier", self._dispatch)
+        except ApplicationError as err:
+            if self._cancel_reason is not None:
+                return self._cancelled()
+            reason = f"dispatch failed: {err.message}"
+            await workflow.get_external_workflow_handle(self._input.parent_workflow_id).signal(
+                DISPATCH_FAILED_SIGNAL, DispatchFailure(self._input.shipping_attempt, reason)
+            )
+            self._book.log("asked the order for another shipping attempt", "dispatch_failed", error=reason)
+            return ShippingResult(outcome="dispatch_failed", address=self._address, reason=reason)
+        if self._cancel_reason is not None:
+            self._book.note_refusal("cancel_order", "the carrier was dispatched before the cancel took effect")
+        return ShippingResult(outcome="dispatched", address=self._address)
+
+    def _dispatch_budget(self) -> timedelta:
+        return min(
+            timedelta(seconds=self._input.policy.dispatch_budget_seconds),
+            time_left(self._deadline_at),
+        )
+
+    def _start(self, step: str, activity, budget: timedelta):
+        self._book.start(step)
+        if budget <= timedelta(0):
+            budget = timedelta(milliseconds=1)
+        return workflow.start_activity_method(
+            activity,
+            ShippingStepInput(self._input.order_id, self._input.shipping_attempt, self._address),
+            schedule_to_close_timeout=budget,
+            start_to_close_timeout=timedelta(seconds=self._input.policy.attempt_backstop_seconds),
+            retry_policy=retry_policy(self._input.policy),
+        )
+
+    async def _finish(self, step: str, handle) -> None:
+        try:
+            result = await handle
+        except ActivityError as err:
+            message = failure_message(err)
+            self._book.fail(step, message)
+            if step == "prepare_package" and is_deadline(err):
+                raise ApplicationError("deadline exceeded while preparing the package", type="DeadlineExceeded") from err
+            raise ApplicationError(message, type="ShippingStepFailed") from err
+        self._book.complete(step, result.attempt, result.errors)
+
+    def _cancelled(self) -> ShippingResult:
+        self._book.log("shipping cancelled", "cancellation", reason=self._cancel_reason)
+        return ShippingResult(outcome="cancelled", address=self._address, reason=self._cancel_reason or "")
+
+    @workflow.signal
+    def cancel_shipping(self, request: CancelOrder) -> None:
+        if self._cancel_reason is None:
+            self._cancel_reason = request.reason
+
+    @workflow.signal
+    def update_address(self, update: AddressUpdate) -> None:
+        if self._dispatching:
+            self._book.note_refusal("update_address", "the carrier dispatch had already started")
+            return
+        self._address = update.address
+
+    @workflow.query
+    def status(self) -> ShippingStatus:
+        return ShippingStatus(
+            order_id=self._input.order_id,
+            shipping_attempt=self._input.shipping_attempt,
+            current_step=self._book.current,
+            steps=self._book.listed(),
+            errors=self._book.errors,
+            outcome=self._outcome,
+        )

@@ -1,0 +1,59 @@
+"""Running a worker process: logging, database pool, Temporal connection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+from typing import Sequence
+
+from temporalio.worker import Worker
+
+from orchestration.activities import ActivityCounter, OrderActivities
+from orchestration.database import close_pool, open_pool
+from orchestration.logs import configure_logging
+from orchestration.settings import Settings, get_settings
+from orchestration.temporal_client import connect
+
+logger = logging.getLogger(__name__)
+
+
+def build_worker(
+    client, settings: Settings, task_queue: str, workflows: Sequence[type], activities: Sequence
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(workflows),
+        activities=list(activities),
+        # Every order keeps several short activities in flight; the default 100 slots fill up
+        # under load while hung attempts wait for their cut-off.
+        max_concurrent_activities=settings.worker.max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.worker.max_concurrent_workflow_tasks,
+        # On SIGTERM, give running attempts (each well under a second) time to finish.
+        graceful_shutdown_timeout=timedelta(seconds=settings.order_policy.attempt_backstop_seconds),
+    )
+
+
+async def serve(task_queue_of, workflows: Sequence[type], activities_of) -> None:
+    """Run one worker until SIGTERM/SIGINT.
+
+    `task_queue_of(settings)` names the queue; `activities_of(OrderActivities)` lists its activities.
+    """
+    configure_logging()
+    settings = get_settings()
+    await open_pool(settings.database)
+    client = await connect(settings.temporal)
+    activities = OrderActivities(settings.worker.attempt_timeout_seconds, ActivityCounter())
+    task_queue = task_queue_of(settings)
+    worker = build_worker(client, settings, task_queue, workflows, activities_of(activities))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    logger.info("worker started", extra={"event": "worker_started", "task_queue": task_queue})
+    async with worker:
+        await stop.wait()
+        logger.info("worker stopping", extra={"event": "worker_stopping", "task_queue": task_queue})
+    await close_pool()
