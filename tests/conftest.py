@@ -1,0 +1,156 @@
+"""Shared fixtures: a real PostgreSQL and real Temporal servers, started on free ports.
+
+DATABASE_URL is set here, before any project module is imported, because Piccolo binds its
+engine when the tables are first imported.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+POSTGRES_PORT = _free_port()
+os.environ["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{POSTGRES_PORT}/orders_test"
+
+import pytest  # noqa: E402
+import pytest_asyncio  # noqa: E402
+from temporalio.testing import WorkflowEnvironment  # noqa: E402
+from temporalio.worker import Worker  # noqa: E402
+
+from orchestration.activities import ActivityCounter, OrderActivities  # noqa: E402
+from orchestration.database import close_pool, open_pool  # noqa: E402
+from orchestration.order_workflow import OrderWorkflow  # noqa: E402
+from orchestration.settings import get_settings  # noqa: E402
+from orchestration.shipping_workflow import ShippingWorkflow  # noqa: E402
+from scripts import local_postgres  # noqa: E402
+from scripts.temporal_dev_server import dynamic_config_args  # noqa: E402
+
+BIN = Path(sys.executable).parent
+ORDERS_QUEUE = "orders"
+SHIPPING_QUEUE = "shipping"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of our own, with the migrations applied (the real migration path)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="orders-pg-")) / "data"
+    local_postgres.init_cluster(data_dir)
+    server = local_postgres.spawn(data_dir, POSTGRES_PORT)
+    try:
+        local_postgres.wait_ready(POSTGRES_PORT)
+        local_postgres.ensure_database("orders_test", POSTGRES_PORT)
+        migrate()
+        yield os.environ["DATABASE_URL"]
+    finally:
+        server.send_signal(2)  # SIGINT: fast shutdown
+        server.wait(timeout=30)
+
+
+def migrate(database_url: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return subprocess.run(
+        [str(BIN / "piccolo"), "migrations", "forwards", "all"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def database(postgres):
+    await open_pool(get_settings().database)
+    yield postgres
+    await close_pool()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def dev_server():
+    """The real Temporal dev server, with the same fast-timer settings as the Procfile."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN / "temporal"),
+        dev_server_extra_args=dynamic_config_args(),
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def time_skipping():
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server")
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def activity_counter():
+    return ActivityCounter()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def workers(dev_server, database, activity_counter):
+    """Both workers, as the Procfile runs them, with the real activities and real flaky_call."""
+    settings = get_settings()
+    activities = OrderActivities(settings.worker.attempt_timeout_seconds, activity_counter)
+    common = dict(
+        max_concurrent_activities=settings.worker.max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.worker.max_concurrent_workflow_tasks,
+    )
+    order_worker = Worker(
+        dev_server.client,
+        task_queue=ORDERS_QUEUE,
+        workflows=[OrderWorkflow],
+        activities=activities.order_queue_activities(),
+        **common,
+    )
+    shipping_worker = Worker(
+        dev_server.client,
+        task_queue=SHIPPING_QUEUE,
+        workflows=[ShippingWorkflow],
+        activities=activities.shipping_queue_activities(),
+        **common,
+    )
+    async with order_worker, shipping_worker:
+        yield dev_server.client
+
+
+@pytest.fixture
+def order_id() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Exit with pytest's own status once everything is reported.
+
+    The Temporal SDK's native runtime sometimes crashes the interpreter during its final
+    teardown (segfault or "PyGILState_Release" abort) after every test has finished. Leaving
+    here with os._exit skips only that teardown; the status is pytest's real result."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_exit_status)
