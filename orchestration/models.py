@@ -222,6 +222,8 @@ class OrderStatus:
     deadline_at: str
     finished_at: Optional[str] = None
     reason: str = ""
+    allowed_actions: list[str] = field(default_factory=list)
+    """Operator signals the order accepts right now: approve, cancel, update_address."""
 
 
 @dataclass

@@ -451,4 +451,11 @@ class OrderWorkflow:
             deadline_at=self._deadline_at.isoformat(),
             finished_at=self._finished_at,
             reason=self._reason,
+            allowed_actions=self._allowed_actions(),
         )
+
+    def _allowed_actions(self) -> list[str]:
+        if self._too_late() or self._cancel_reason is not None:
+            return []
+        actions = [] if self._approved or self._review_over else ["approve"]
+        return actions + ["cancel", "update_address"]

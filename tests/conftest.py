@@ -27,12 +27,12 @@ os.environ["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{POSTGRES_PORT}/o
 import pytest  # noqa: E402
 import pytest_asyncio  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
 
 from orchestration.activities import ActivityCounter, OrderActivities  # noqa: E402
 from orchestration.database import close_pool, open_pool  # noqa: E402
 from orchestration.order_workflow import OrderWorkflow  # noqa: E402
 from orchestration.settings import get_settings  # noqa: E402
+from orchestration.worker import build_worker  # noqa: E402
 from orchestration.shipping_workflow import ShippingWorkflow  # noqa: E402
 from scripts import local_postgres  # noqa: E402
 from scripts.temporal_dev_server import dynamic_config_args  # noqa: E402
@@ -109,23 +109,11 @@ async def workers(dev_server, database, activity_counter):
     """Both workers, as the Procfile runs them, with the real activities and real flaky_call."""
     settings = get_settings()
     activities = OrderActivities(settings.worker.attempt_timeout_seconds, activity_counter)
-    common = dict(
-        max_concurrent_activities=settings.worker.max_concurrent_activities,
-        max_concurrent_workflow_tasks=settings.worker.max_concurrent_workflow_tasks,
+    order_worker = build_worker(
+        dev_server.client, settings, ORDERS_QUEUE, [OrderWorkflow], activities.order_queue_activities()
     )
-    order_worker = Worker(
-        dev_server.client,
-        task_queue=ORDERS_QUEUE,
-        workflows=[OrderWorkflow],
-        activities=activities.order_queue_activities(),
-        **common,
-    )
-    shipping_worker = Worker(
-        dev_server.client,
-        task_queue=SHIPPING_QUEUE,
-        workflows=[ShippingWorkflow],
-        activities=activities.shipping_queue_activities(),
-        **common,
+    shipping_worker = build_worker(
+        dev_server.client, settings, SHIPPING_QUEUE, [ShippingWorkflow], activities.shipping_queue_activities()
     )
     async with order_worker, shipping_worker:
         yield dev_server.client
