@@ -259,7 +259,7 @@ async def close_order(
         raise ValueError(f"close_order only records cancelled or failed orders, not {state!r}")
     now = _now()
     async with _transaction():
-        await Order.insert(
+        closed = await Order.insert(
             Order(
                 id=order_id,
                 state=state,
@@ -274,5 +274,6 @@ async def close_order(
             action="DO UPDATE",
             values=[Order.state, Order.reason, Order.updated_at],
             where=Order.state.not_in(list(TERMINAL_STATES)),
-        )
-        await record_event(order_id, f"order_{state}", f"{order_id}:closed", {"reason": reason})
+        ).returning(Order.id)
+        if closed:
+            await record_event(order_id, f"order_{state}", f"{order_id}:closed", {"reason": reason})

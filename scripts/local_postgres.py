@@ -82,6 +82,8 @@ def spawn(data_dir: Path, port: int, host: str = "127.0.0.1") -> subprocess.Pope
             "-h", host,
             "-p", str(port),
             "-c", "max_connections=200",
+            # Start-up and checkpoint notices drown the other processes' logs; keep warnings.
+            "-c", "log_min_messages=warning",
             # Order data is rebuilt by retries if lost; trading durability of the last few
             # milliseconds for latency is right for a local dev server only.
             "-c", "synchronous_commit=off",

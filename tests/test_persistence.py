@@ -1,0 +1,171 @@
+"""The business functions' database writes against a real PostgreSQL: idempotency of every
+state-changing write, and the migrations.
+
+These tests are about the writes, not about failure simulation, so each replaces random.random
+(inside the test only, via monkeypatch) to make flaky_call take its success branch, or its hang
+branch where the attempt cut-off is under test. flaky_call itself is untouched."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+
+import asyncpg
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from orchestration import business, flaky
+from orchestration.activities import ActivityCounter, OrderActivities
+from orchestration.models import CANCELLED, SHIPPED, Address, ChargePaymentInput, Item, OrderRef
+from orchestration.tables import Event, Order, Payment
+from tests.conftest import POSTGRES_PORT, migrate
+
+HOME = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
+
+
+@pytest.fixture
+def flaky_succeeds(monkeypatch):
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.9)
+
+
+def activity_environment(order_id: str) -> ActivityEnvironment:
+    """An activity context whose ids are unique to the order, as in a real run."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_id=f"order-{order_id}")
+    return env
+
+
+async def events_of(order_id: str) -> list[str]:
+    rows = await Event.select(Event.type).where(Event.order_id == order_id).order_by(Event.id)
+    return [row["type"] for row in rows]
+
+
+async def received_order(order_id: str) -> None:
+    await business.order_received(order_id, f"pay-{order_id}", [Item("ABC", 2)], HOME)
+
+
+async def test_receiving_twice_keeps_one_order_and_one_event(database, flaky_succeeds, order_id):
+    await received_order(order_id)
+    await received_order(order_id)
+    assert await Order.count().where(Order.id == order_id) == 1
+    assert await events_of(order_id) == ["order_received"]
+
+
+async def test_charging_twice_charges_once_and_reports_the_duplicate(database, flaky_succeeds, order_id):
+    await received_order(order_id)
+    await business.order_validated(order_id)
+    first = await business.payment_charged(order_id, f"pay-{order_id}")
+    second = await business.payment_charged(order_id, f"pay-{order_id}")
+    assert first == {"status": "charged", "amount": 2, "already_processed": False}
+    assert second == {"status": "charged", "amount": 2, "already_processed": True}
+    assert await Payment.count().where(Payment.order_id == order_id) == 1
+    assert (await events_of(order_id)).count("payment_charged") == 1
+
+
+async def test_a_payment_id_cannot_pay_for_two_orders(database, flaky_succeeds, order_id):
+    other = f"{order_id}-other"
+    await received_order(order_id)
+    await received_order(other)
+    await business.payment_charged(order_id, "shared-payment")
+    with pytest.raises(business.BusinessRuleViolation, match="already belongs to order"):
+        await business.payment_charged(other, "shared-payment")
+
+
+async def test_refund_happens_once_and_only_for_a_charge(database, flaky_succeeds, order_id):
+    await received_order(order_id)
+    assert (await business.payment_refunded(order_id, f"pay-{order_id}", "cancelled"))["status"] == "not_charged"
+    await business.payment_charged(order_id, f"pay-{order_id}")
+    assert (await business.payment_refunded(order_id, f"pay-{order_id}", "cancelled"))["status"] == "refunded"
+    assert (await business.payment_refunded(order_id, f"pay-{order_id}", "cancelled"))["status"] == "refunded"
+    payment = await Payment.select().where(Payment.order_id == order_id).first()
+    assert payment["status"] == "refunded" and payment["refunded_at"] is not None
+    assert (await events_of(order_id)).count("payment_refunded") == 1
+
+
+async def test_a_closed_order_is_not_reopened_by_a_late_retry(database, flaky_succeeds, order_id):
+    await business.close_order(order_id, CANCELLED, "review timed out", f"pay-{order_id}", [Item("ABC", 1)])
+    await received_order(order_id)  # a receive attempt that was still in flight
+    await business.order_validated(order_id)
+    row = await Order.select().where(Order.id == order_id).first()
+    assert row["state"] == CANCELLED and row["reason"] == "review timed out"
+    assert await events_of(order_id) == ["order_cancelled"]
+
+
+async def test_a_shipped_order_stays_shipped(database, flaky_succeeds, order_id):
+    await received_order(order_id)
+    await business.order_validated(order_id)
+    await business.payment_charged(order_id, f"pay-{order_id}")
+    await business.package_prepared(order_id, 1)
+    await business.carrier_dispatched(order_id, 1, HOME)
+    await business.order_shipped(order_id)
+    await business.order_shipped(order_id)
+    await business.close_order(order_id, CANCELLED, "too late", f"pay-{order_id}", [])
+    row = await Order.select().where(Order.id == order_id).first()
+    assert row["state"] == SHIPPED
+    assert await events_of(order_id) == [
+        "order_received", "order_validated", "payment_charged", "package_prepared",
+        "carrier_dispatched", "order_shipped",
+    ]
+
+
+async def test_address_versions_are_recorded_once_each(database, flaky_succeeds, order_id):
+    office = Address(line1="9 Office Park", city="Shelbyville", postal_code="54321", country="US")
+    await received_order(order_id)
+    await business.record_address(order_id, office, 1)
+    await business.record_address(order_id, office, 1)
+    row = await Order.select(Order.address_json).where(Order.id == order_id).first().output(load_json=True)
+    assert row["address_json"]["city"] == "Shelbyville"
+    assert (await events_of(order_id)).count("address_updated") == 1
+
+
+async def test_order_without_items_is_rejected_for_good(database, flaky_succeeds, order_id):
+    await business.order_received(order_id, f"pay-{order_id}", [], HOME)
+    activities = OrderActivities(attempt_timeout=1.0)
+    with pytest.raises(ApplicationError) as raised:
+        await activity_environment(order_id).run(activities.validate_order, OrderRef(order_id))
+    assert raised.value.non_retryable and "No items" in raised.value.message
+
+
+async def test_a_hung_attempt_is_cut_off_at_its_deadline(database, monkeypatch, order_id):
+    """random.random is pinned to flaky_call's hang branch (300 s sleep) for this test only."""
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.9)
+    await business.order_received(order_id, f"pay-{order_id}", [Item("ABC", 1)], HOME)
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.5)
+    counter = ActivityCounter()
+    activities = OrderActivities(attempt_timeout=0.1, counter=counter)
+    started = time.monotonic()
+    with pytest.raises(ApplicationError, match="timed out after 0.1s") as raised:
+        await activity_environment(order_id).run(activities.charge_payment, ChargePaymentInput(order_id, f"pay-{order_id}"))
+    assert time.monotonic() - started < 1.0
+    assert raised.value.type == "AttemptTimedOut" and not raised.value.non_retryable
+    assert counter.running == 0
+    assert await Payment.count().where(Payment.order_id == order_id) == 0
+    assert "attempt_failed" in await events_of(order_id)
+
+
+async def test_migrations_build_an_empty_database_and_rerun_as_a_no_op(postgres):
+    name = f"migrate_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{POSTGRES_PORT}/postgres")
+    await admin.execute(f"CREATE DATABASE {name}")
+    url = f"postgresql://postgres@127.0.0.1:{POSTGRES_PORT}/{name}"
+    try:
+        first = migrate(url)
+        assert "ok!" in first.stdout
+        fresh = await asyncpg.connect(url)
+        tables = {r["tablename"] for r in await fresh.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        schema_before = await fresh.fetch(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2"
+        )
+        second = migrate(url)
+        schema_after = await fresh.fetch(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2"
+        )
+        await fresh.close()
+        assert {"orders", "payments", "events"} <= tables
+        assert "No migrations need to be run" in second.stdout
+        assert schema_before == schema_after
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
