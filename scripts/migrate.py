@@ -1,0 +1,80 @@
+"""Wait for PostgreSQL at DATABASE_URL, then apply every Piccolo migration (`forwards all`).
+
+Usage: python scripts/migrate.py [--wait-seconds 60]
+
+The Procfile's web line runs this before uvicorn: honcho starts every process at once, so the
+database may still be initialising. Applying migrations twice is harmless (Piccolo skips the ones
+already recorded). Exits non-zero, with the reason, if the database never answers or a migration
+fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54329/orders"
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def wait_for_database(url: str, wait_seconds: float) -> None:
+    give_up_at = time.monotonic() + wait_seconds
+    announced = False
+    while True:
+        try:
+            connection = await asyncpg.connect(url, timeout=5)
+        except Exception as err:  # refused, still starting, database not created yet, ...
+            if time.monotonic() > give_up_at:
+                raise TimeoutError(
+                    f"PostgreSQL at {_redacted(url)} did not answer within {wait_seconds:.0f} s; "
+                    f"last error: {type(err).__name__}: {err}"
+                ) from err
+            if not announced:
+                print(f"migrate: waiting for PostgreSQL at {_redacted(url)} ...", flush=True)
+                announced = True
+            await asyncio.sleep(1.0)
+        else:
+            await connection.close()
+            return
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--wait-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+
+    url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    try:
+        asyncio.run(wait_for_database(url, args.wait_seconds))
+    except TimeoutError as err:
+        print(f"migrate: {err}", file=sys.stderr, flush=True)
+        return 1
+    print(f"migrate: PostgreSQL is up; applying migrations to {_redacted(url)}", flush=True)
+    piccolo = Path(sys.executable).parent / "piccolo"
+    result = subprocess.run([str(piccolo), "migrations", "forwards", "all"], cwd=REPO_ROOT)
+    if result.returncode != 0:
+        print(f"migrate: piccolo migrations failed (exit {result.returncode})", file=sys.stderr, flush=True)
+        return result.returncode
+    print("migrate: database schema is up to date", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
