@@ -1,0 +1,358 @@
+"""What the web layer can do with orders, over Temporal and PostgreSQL.
+
+The JSON API and the HTML board both call this module; it knows nothing about HTTP. Failures
+come out as the exceptions below, which each front end turns into its own responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, AsyncIterator, Optional
+
+import asyncpg
+from google.protobuf.timestamp_pb2 import Timestamp
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RetryConfig, RPCError, RPCStatusCode
+
+from orchestration.models import Address, AddressUpdate, CancelOrder, Item, OrderInput, OrderStatus
+from orchestration.order_workflow import OrderWorkflow
+from orchestration.settings import Settings
+from orchestration.shipping_workflow import ShippingWorkflow
+from orchestration.tables import Order, Payment
+
+# A web request waits this long for one dependency call; beyond that it answers 503 instead of
+# keeping the caller (and a server slot) waiting.
+CALL_TIMEOUT = timedelta(seconds=5)
+CONNECT_TIMEOUT_SECONDS = 5.0
+RECONNECT_PAUSE_SECONDS = 2.0
+# The SDK retries an unreachable server for about ten seconds by default; a web request gives up
+# sooner and lets the caller retry.
+WEB_RETRY_CONFIG = RetryConfig(max_retries=2, max_elapsed_time_millis=2000)
+
+
+class OrderNotFound(Exception):
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"Order {order_id} does not exist.")
+        self.order_id = order_id
+
+
+class OrderConflict(Exception):
+    """The request contradicts what exists already (duplicate order or payment id)."""
+
+
+class ActionNotAllowed(Exception):
+    """The order does not accept this operator action in its current state."""
+
+
+class DependencyUnavailable(Exception):
+    """Temporal or PostgreSQL did not answer; the request may be retried later."""
+
+    def __init__(self, component: str, message: str) -> None:
+        super().__init__(message)
+        self.component = component
+
+
+@dataclass
+class StartedOrder:
+    order_id: str
+    workflow_id: str
+    run_id: str
+    deadline_seconds: float
+
+
+def workflow_id_for(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+class TemporalConnection:
+    """The Temporal client: the injected one, or one connected on first use and then kept.
+
+    Connecting lazily lets the web server start (and report itself unhealthy) while Temporal is
+    still down. A failed attempt is not cached, but for a short pause after it requests fail at
+    once instead of each waiting for an attempt of its own."""
+
+    def __init__(self, settings: Settings, client: Optional[Client] = None) -> None:
+        self._settings = settings.temporal
+        self._client = client
+        self._lock = asyncio.Lock()
+        self._failed_at = -math.inf
+
+    async def client(self) -> Client:
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                if time.monotonic() - self._failed_at < RECONNECT_PAUSE_SECONDS:
+                    raise self._unavailable()
+                try:
+                    self._client = await asyncio.wait_for(
+                        Client.connect(
+                            self._settings.address,
+                            namespace=self._settings.namespace,
+                            retry_config=WEB_RETRY_CONFIG,
+                        ),
+                        CONNECT_TIMEOUT_SECONDS,
+                    )
+                except (RuntimeError, TimeoutError, RPCError) as err:
+                    self._failed_at = time.monotonic()
+                    raise self._unavailable() from err
+        return self._client
+
+    def _unavailable(self) -> DependencyUnavailable:
+        return DependencyUnavailable(
+            "temporal", f"Temporal at {self._settings.address} is unavailable; try again later."
+        )
+
+
+@asynccontextmanager
+async def _temporal_call(order_id: Optional[str] = None) -> AsyncIterator[None]:
+    """Turn Temporal's RPC failures into the service's exceptions."""
+    try:
+        yield
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND and order_id is not None:
+            raise OrderNotFound(order_id) from err
+        if err.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            raise DependencyUnavailable(
+                "temporal", f"Temporal did not answer ({err.message}); try again later."
+            ) from err
+        raise
+
+
+@asynccontextmanager
+async def _database_call() -> AsyncIterator[None]:
+    try:
+        yield
+    except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as err:
+        raise DependencyUnavailable(
+            "database", f"The database is unavailable ({err}); try again later."
+        ) from err
+
+
+def _timestamp(value: Timestamp) -> Optional[str]:
+    return value.ToDatetime().isoformat() + "Z" if value.seconds or value.nanos else None
+
+
+def _pending_activities(description: WorkflowExecutionDescription) -> list[dict[str, Any]]:
+    """The activities running or waiting for a retry, with their attempt counts so far."""
+    pending = []
+    for activity in description.raw_description.pending_activities:
+        failed = activity.HasField("last_failure")
+        pending.append(
+            {
+                "activity_id": activity.activity_id,
+                "activity_type": activity.activity_type.name,
+                "state": PendingActivityState.Name(activity.state).removeprefix(
+                    "PENDING_ACTIVITY_STATE_"
+                ),
+                "attempt": activity.attempt,
+                "last_failure": activity.last_failure.message if failed else None,
+                # The last attempt ended in that failure, so its end is when it failed.
+                "last_failed_at": (
+                    _timestamp(activity.last_attempt_complete_time) if failed else None
+                ),
+                "next_attempt_at": _timestamp(activity.next_attempt_schedule_time),
+            }
+        )
+    return pending
+
+
+def _execution(description: WorkflowExecutionDescription) -> dict[str, Any]:
+    return {
+        "workflow_id": description.id,
+        "run_id": description.run_id,
+        "execution_status": description.status.name if description.status else None,
+        "pending_activities": _pending_activities(description),
+    }
+
+
+def _order_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "state": row["state"],
+        "reason": row["reason"],
+        "payment_id": row["payment_id"],
+        "address": row["address_json"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+class OrderService:
+    def __init__(self, settings: Settings, temporal: TemporalConnection) -> None:
+        self._settings = settings
+        self._temporal = temporal
+
+    async def _order_handle(self, order_id: str) -> WorkflowHandle[OrderWorkflow, OrderStatus]:
+        client = await self._temporal.client()
+        return client.get_workflow_handle_for(OrderWorkflow.run, workflow_id_for(order_id))
+
+    async def start_order(
+        self, order_id: str, payment_id: str, items: list[Item], address: Optional[Address]
+    ) -> StartedOrder:
+        client = await self._temporal.client()
+        workflow_id = workflow_id_for(order_id)
+        policy = self._settings.order_policy
+        await self._check_unused(order_id, payment_id)
+        try:
+            async with _temporal_call():
+                handle = await client.start_workflow(
+                    OrderWorkflow.run,
+                    OrderInput(
+                        order_id=order_id,
+                        payment_id=payment_id,
+                        items=items,
+                        address=address,
+                        policy=policy,
+                        shipping_task_queue=self._settings.temporal.shipping_task_queue,
+                    ),
+                    id=workflow_id,
+                    task_queue=self._settings.temporal.orders_task_queue,
+                    # The workflow id is the order's identity: never run one order twice, even
+                    # after the first run has closed.
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    rpc_timeout=CALL_TIMEOUT,
+                )
+        except WorkflowAlreadyStartedError as err:
+            raise OrderConflict(f"Order {order_id} already exists.") from err
+        return StartedOrder(
+            order_id=order_id,
+            workflow_id=workflow_id,
+            run_id=handle.result_run_id or "",
+            deadline_seconds=policy.deadline_seconds,
+        )
+
+    async def _check_unused(self, order_id: str, payment_id: str) -> None:
+        """Refuse a known order id or payment id. The workflow records both only once it has
+        received the order, so a payment id whose order started a moment ago passes here; the
+        charge step still never charges one payment id for two orders (the second one fails)."""
+        async with _database_call():
+            if await Order.exists().where(Order.id == order_id):
+                raise OrderConflict(f"Order {order_id} already exists.")
+            payment_owner = (
+                await Payment.select(Payment.order_id)
+                .where(Payment.payment_id == payment_id)
+                .first()
+                or await Order.select(Order.id.as_alias("order_id"))
+                .where(Order.payment_id == payment_id)
+                .first()
+            )
+        if payment_owner is not None:
+            raise OrderConflict(
+                f"Payment id {payment_id} is already used by order {payment_owner['order_id']}."
+            )
+
+    async def current_status(self, order_id: str) -> OrderStatus:
+        handle = await self._order_handle(order_id)
+        async with _temporal_call(order_id):
+            return await handle.query(OrderWorkflow.status, rpc_timeout=CALL_TIMEOUT)
+
+    async def _require_allowed(self, order_id: str, action: str, description: str) -> None:
+        """Refuse an action the order does not accept now, saying why. The workflow checks again
+        when the signal arrives, and records a refusal if the order moved on meanwhile."""
+        status = await self.current_status(order_id)
+        if action in status.allowed_actions:
+            return
+        if action == "approve" and status.approved:
+            why = "it is already approved"
+        else:
+            why = f"its state is {status.state}"
+            if status.reason:
+                why += f" ({status.reason})"
+        accepted = ", ".join(status.allowed_actions) or "no operator actions"
+        raise ActionNotAllowed(
+            f"Order {order_id} cannot be {description} now: {why}; it accepts {accepted}."
+        )
+
+    async def approve(self, order_id: str) -> None:
+        await self._require_allowed(order_id, "approve", "approved")
+        handle = await self._order_handle(order_id)
+        async with _temporal_call(order_id):
+            await handle.signal(OrderWorkflow.approve, rpc_timeout=CALL_TIMEOUT)
+
+    async def cancel(self, order_id: str, reason: Optional[str]) -> None:
+        await self._require_allowed(order_id, "cancel", "cancelled")
+        handle = await self._order_handle(order_id)
+        request = CancelOrder(reason) if reason else CancelOrder()
+        async with _temporal_call(order_id):
+            await handle.signal(OrderWorkflow.cancel_order, request, rpc_timeout=CALL_TIMEOUT)
+
+    async def update_address(self, order_id: str, address: Address) -> None:
+        await self._require_allowed(order_id, "update_address", "given a new address")
+        handle = await self._order_handle(order_id)
+        async with _temporal_call(order_id):
+            await handle.signal(
+                OrderWorkflow.update_address, AddressUpdate(address), rpc_timeout=CALL_TIMEOUT
+            )
+
+    async def order_status(self, order_id: str) -> dict[str, Any]:
+        """The workflow's own status plus what the server knows live: pending activities with
+        their retry attempts, for the order and for its running shipping child."""
+        handle = await self._order_handle(order_id)
+        async with _temporal_call(order_id):
+            description = await handle.describe(rpc_timeout=CALL_TIMEOUT)
+            if description.status == WorkflowExecutionStatus.COMPLETED:
+                # The result is the final status; no worker needs to replay the workflow for it.
+                status = await handle.result(rpc_timeout=CALL_TIMEOUT)
+            else:
+                status = await handle.query(OrderWorkflow.status, rpc_timeout=CALL_TIMEOUT)
+        result = dataclasses.asdict(status)
+        result["live"] = _execution(description)
+        result["shipping"] = None
+        if description.status == WorkflowExecutionStatus.RUNNING and status.shipping_workflow_id:
+            result["live"]["shipping"], result["shipping"] = await self._shipping_status(
+                status.shipping_workflow_id
+            )
+        return result
+
+    async def _shipping_status(self, workflow_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        client = await self._temporal.client()
+        handle = client.get_workflow_handle_for(ShippingWorkflow.run, workflow_id)
+        async with _temporal_call():
+            description, status = await asyncio.gather(
+                handle.describe(rpc_timeout=CALL_TIMEOUT),
+                handle.query(ShippingWorkflow.status, rpc_timeout=CALL_TIMEOUT),
+            )
+        return _execution(description), dataclasses.asdict(status)
+
+    async def list_orders(self, state: Optional[str], limit: int) -> list[dict[str, Any]]:
+        query = Order.select().order_by(Order.created_at, ascending=False).limit(limit)
+        if state is not None:
+            query = query.where(Order.state == state)
+        async with _database_call():
+            rows = await query.output(load_json=True)
+        return [_order_row(row) for row in rows]
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """Whether each dependency answers now, with the error when it does not."""
+        database, temporal = await asyncio.gather(self._database_health(), self._temporal_health())
+        return {"database": database, "temporal": temporal}
+
+    async def _database_health(self) -> dict[str, Any]:
+        try:
+            await asyncio.wait_for(Order.raw("SELECT 1"), CALL_TIMEOUT.total_seconds())
+        except Exception as err:  # any failure means unhealthy, and is reported as such
+            return {"ok": False, "error": str(err) or type(err).__name__}
+        return {"ok": True}
+
+    async def _temporal_health(self) -> dict[str, Any]:
+        try:
+            client = await self._temporal.client()
+            await client.service_client.check_health(timeout=CALL_TIMEOUT)
+        except Exception as err:  # any failure means unhealthy, and is reported as such
+            return {"ok": False, "error": str(err) or type(err).__name__}
+        return {"ok": True}
