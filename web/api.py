@@ -1,0 +1,109 @@
+"""The JSON API's routes: parse the request, call OrderService, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
+
+from web.schemas import (
+    DEFAULT_LIST_LIMIT,
+    IDENTIFIER_PATTERN,
+    MAX_LIST_LIMIT,
+    CancelBody,
+    OrderState,
+    StartOrderBody,
+    UpdateAddressBody,
+)
+from web.service import OrderService
+
+OrderId = Annotated[
+    str,
+    PathParameter(
+        min_length=1,
+        max_length=64,
+        pattern=IDENTIFIER_PATTERN,
+        description="The caller's order id; the workflow id is `order-<order_id>`.",
+    ),
+]
+Service = NamedDependency[OrderService]
+ACCEPTED = {"accepted": True}
+
+
+class OrderController(Controller):
+    path = "/orders"
+    tags = ["orders"]
+
+    @post("/{order_id:str}/start", summary="Start an order's workflow")
+    async def start(
+        self, order_service: Service, order_id: OrderId, data: JSONBody[StartOrderBody]
+    ) -> dict[str, Any]:
+        started = await order_service.start_order(
+            order_id,
+            data.payment_id,
+            [item.to_item() for item in data.items],
+            data.address.to_address() if data.address else None,
+        )
+        return {
+            "order_id": started.order_id,
+            "workflow_id": started.workflow_id,
+            "run_id": started.run_id,
+            "status_url": f"/orders/{order_id}/status",
+            "deadline_seconds": started.deadline_seconds,
+        }
+
+    @post(
+        "/{order_id:str}/signals/approve",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Approve the order",
+    )
+    async def approve(self, order_service: Service, order_id: OrderId) -> dict[str, bool]:
+        await order_service.approve(order_id)
+        return ACCEPTED
+
+    @post(
+        "/{order_id:str}/signals/cancel", status_code=HTTP_202_ACCEPTED, summary="Cancel the order"
+    )
+    async def cancel(
+        self, order_service: Service, order_id: OrderId, data: JSONBody[Optional[CancelBody]] = None
+    ) -> dict[str, bool]:
+        await order_service.cancel(order_id, data.reason if data else None)
+        return ACCEPTED
+
+    @post(
+        "/{order_id:str}/signals/update-address",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Change the shipping address",
+    )
+    async def update_address(
+        self, order_service: Service, order_id: OrderId, data: JSONBody[UpdateAddressBody]
+    ) -> dict[str, bool]:
+        await order_service.update_address(order_id, data.address.to_address())
+        return ACCEPTED
+
+    @get("/{order_id:str}/status", summary="Workflow status with live retry counts")
+    async def status(self, order_service: Service, order_id: OrderId) -> dict[str, Any]:
+        return await order_service.order_status(order_id)
+
+    @get("/", summary="Recent orders, newest first")
+    async def list_orders(
+        self,
+        order_service: Service,
+        # `state` is a name Litestar reserves for the app state, hence the alias.
+        state_filter: Annotated[Optional[OrderState], QueryParameter(name="state")] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
+    ) -> list[dict[str, Any]]:
+        return await order_service.list_orders(state_filter, limit)
+
+
+@get("/health", summary="Whether PostgreSQL and Temporal answer")
+async def health(order_service: Service) -> Response[dict[str, Any]]:
+    components = await order_service.health()
+    healthy = all(component["ok"] for component in components.values())
+    return Response(
+        {"status": "ok" if healthy else "unavailable", "components": components},
+        status_code=HTTP_200_OK if healthy else HTTP_503_SERVICE_UNAVAILABLE,
+    )

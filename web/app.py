@@ -1,0 +1,55 @@
+"""The Litestar application: `uvicorn web.app:app`.
+
+OpenAPI is served at /schema.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from litestar import Litestar
+from litestar.di import Provide
+from temporalio.client import Client
+
+from orchestration.database import close_pool, open_pool
+from orchestration.logs import configure_logging
+from orchestration.settings import Settings, get_settings
+from web.api import OrderController, health
+from web.errors import EXCEPTION_HANDLERS
+from web.schemas import MAX_BODY_BYTES
+from web.service import OrderService, TemporalConnection
+
+
+def create_app(
+    temporal_client: Optional[Client] = None,
+    *,
+    settings: Optional[Settings] = None,
+    manage_pool: bool = True,
+) -> Litestar:
+    """Build the app. Without `temporal_client` it connects to Temporal on first use.
+
+    `manage_pool=False` leaves the database pool to the caller (tests share one pool across
+    apps, so no app may close it)."""
+    settings = settings or get_settings()
+    order_service = OrderService(settings, TemporalConnection(settings, temporal_client))
+
+    async def start_up() -> None:
+        configure_logging()
+        if manage_pool:
+            await open_pool(settings.database)
+
+    def provide_order_service() -> OrderService:
+        return order_service
+
+    return Litestar(
+        route_handlers=[OrderController, health],
+        dependencies={"order_service": Provide(provide_order_service, sync_to_thread=False)},
+        on_startup=[start_up],
+        on_shutdown=[close_pool] if manage_pool else [],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=MAX_BODY_BYTES,
+        debug=False,
+    )
+
+
+app = create_app()
