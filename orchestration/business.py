@@ -8,14 +8,17 @@ times out, including attempts whose write committed just before the worker lost 
 - a payment is keyed by the caller's payment_id (INSERT ... ON CONFLICT DO NOTHING); a second
   charge with the same id returns the stored payment instead of charging again;
 - every event has a deterministic key with a unique constraint, so a fact is recorded once.
-The write happens only after flaky_call returned, i.e. after the side effect succeeded.
+The write happens only after flaky_call returned, i.e. after the side effect succeeded, and it
+always runs to its end (see `_record`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 from datetime import datetime, timezone
-from typing import Any, Iterable, Optional
+from typing import Any, Awaitable, Iterable, Optional, TypeVar
 
 from orchestration.flaky import flaky_call
 from orchestration.models import (
@@ -34,6 +37,11 @@ from orchestration.models import (
 from orchestration.tables import Event, Order, Payment
 
 
+T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+
 class BusinessRuleViolation(Exception):
     """A request that no retry can fix (for example an order without items)."""
 
@@ -44,6 +52,28 @@ def _now() -> datetime:
 
 def _transaction():
     return Order._meta.db.transaction()
+
+
+def _log_unobserved_failure(write: asyncio.Task) -> None:
+    if not write.cancelled() and write.exception() is not None:
+        logger.warning(
+            "database write failed after its attempt was cut off",
+            extra={"event": "write_failed", "error": repr(write.exception())},
+        )
+
+
+async def _record(write: Awaitable[T]) -> T:
+    """Run the database write that records an outside effect to its end, even when the attempt
+    is cut off meanwhile.
+
+    The activity cancels an attempt at its deadline. Cancelled halfway through a transaction
+    (during BEGIN, COMMIT or ROLLBACK), Piccolo never returns the connection to the pool, and a
+    worker that leaks one connection per unlucky attempt stalls within minutes. Shielded, the
+    write finishes in milliseconds and releases its connection; the attempt still ends on time,
+    and its retry finds the write done (every write is idempotent)."""
+    task = asyncio.ensure_future(write)
+    task.add_done_callback(_log_unobserved_failure)
+    return await asyncio.shield(task)
 
 
 async def record_event(order_id: str, event_type: str, event_key: str, payload: dict) -> bool:
@@ -85,6 +115,12 @@ async def order_received(
     order_id: str, payment_id: str, items: list[Item], address: Optional[Address]
 ) -> dict[str, Any]:
     await flaky_call()
+    return await _record(_insert_order(order_id, payment_id, items, address))
+
+
+async def _insert_order(
+    order_id: str, payment_id: str, items: list[Item], address: Optional[Address]
+) -> dict[str, Any]:
     items_json = [dataclasses.asdict(item) for item in items]
     address_json = dataclasses.asdict(address) if address else None
     now = _now()
@@ -116,6 +152,10 @@ async def order_received(
 
 async def order_validated(order_id: str) -> bool:
     await flaky_call()
+    return await _record(_validate_order(order_id))
+
+
+async def _validate_order(order_id: str) -> bool:
     order = await _fetch_order(order_id)
     items = order["items_json"] or []
     if not items:
@@ -132,6 +172,10 @@ async def order_validated(order_id: str) -> bool:
 async def payment_charged(order_id: str, payment_id: str) -> dict[str, Any]:
     """Charge once per payment_id; a repeat returns the stored payment, marked as a duplicate."""
     await flaky_call()
+    return await _record(_insert_payment(order_id, payment_id))
+
+
+async def _insert_payment(order_id: str, payment_id: str) -> dict[str, Any]:
     order = await _fetch_order(order_id)
     amount = sum(int(item.get("qty", 1)) for item in order["items_json"] or [])
     async with _transaction():
@@ -168,6 +212,10 @@ async def payment_charged(order_id: str, payment_id: str) -> dict[str, Any]:
 async def payment_refunded(order_id: str, payment_id: str, reason: str) -> dict[str, Any]:
     """Refund a charged payment once; with no charge on record there is nothing to refund."""
     await flaky_call()
+    return await _record(_refund_payment(order_id, payment_id, reason))
+
+
+async def _refund_payment(order_id: str, payment_id: str, reason: str) -> dict[str, Any]:
     async with _transaction():
         refunded = (
             await Payment.update({Payment.status: "refunded", Payment.refunded_at: _now()})
@@ -199,22 +247,28 @@ async def payment_refunded(order_id: str, payment_id: str, reason: str) -> dict[
 
 async def order_shipped(order_id: str) -> str:
     await flaky_call()
+    await _record(_mark_shipped(order_id))
+    return "Shipped"
+
+
+async def _mark_shipped(order_id: str) -> None:
     async with _transaction():
         if await _advance_state(order_id, SHIPPED, [DISPATCHED]):
             await record_event(order_id, "order_shipped", f"{order_id}:order_shipped", {})
-    return "Shipped"
 
 
 async def package_prepared(order_id: str, shipping_attempt: int) -> str:
     await flaky_call()
-    async with _transaction():
-        await _advance_state(order_id, SHIPPING, [CHARGED])
-        await record_event(
+    await _record(
+        _advance_with_event(
             order_id,
+            SHIPPING,
+            [CHARGED],
             "package_prepared",
-            f"{order_id}:package_prepared:{shipping_attempt}",
             {"shipping_attempt": shipping_attempt},
+            key_suffix=f":{shipping_attempt}",
         )
+    )
     return "Package ready"
 
 
@@ -224,17 +278,31 @@ async def carrier_dispatched(
     if address is None:
         raise BusinessRuleViolation("the order has no shipping address")
     await flaky_call()
-    async with _transaction():
-        # One dispatch per order, whichever shipping attempt achieved it.
-        await _advance_state(order_id, DISPATCHED, [SHIPPING, CHARGED])
-        await record_event(
+    # One dispatch per order, whichever shipping attempt achieved it.
+    await _record(
+        _advance_with_event(
             order_id,
+            DISPATCHED,
+            [SHIPPING, CHARGED],
             "carrier_dispatched",
-            f"{order_id}:carrier_dispatched",
             {"shipping_attempt": shipping_attempt, "address": dataclasses.asdict(address)},
         )
+    )
     return "Dispatched"
 
+
+async def _advance_with_event(
+    order_id: str,
+    new_state: str,
+    from_states: Iterable[str],
+    event_type: str,
+    payload: dict,
+    key_suffix: str = "",
+) -> None:
+    """Move the order forward and record the fact once, in one transaction."""
+    async with _transaction():
+        await _advance_state(order_id, new_state, from_states)
+        await record_event(order_id, event_type, f"{order_id}:{event_type}{key_suffix}", payload)
 
 async def record_address(order_id: str, address: Address, version: int) -> None:
     """Store the newest shipping address (bookkeeping: no outside call involved)."""

@@ -29,5 +29,30 @@ async def open_pool(settings: DatabaseSettings, wait_seconds: float = 60.0) -> N
             await asyncio.sleep(1.0)
 
 
-async def close_pool() -> None:
-    await Order._meta.db.close_connection_pool()
+CLOSE_WAIT_SECONDS = 10.0
+
+
+def connections_in_use() -> int:
+    """Pooled connections currently lent out (0 when the process is idle)."""
+    pool = Order._meta.db.pool
+    return 0 if pool is None else pool.get_size() - pool.get_idle_size()
+
+
+async def close_pool(wait_seconds: float = CLOSE_WAIT_SECONDS) -> None:
+    """Close the pool, waiting a bounded time for lent connections to come back.
+
+    asyncpg's close() waits for every connection to be released, forever; a process must still
+    stop when one never is, so after `wait_seconds` the rest are terminated."""
+    engine = Order._meta.db
+    pool = engine.pool
+    if pool is None:
+        return
+    try:
+        await asyncio.wait_for(pool.close(), wait_seconds)
+    except TimeoutError:
+        logger.warning(
+            "connections still in use at shutdown; terminating them",
+            extra={"event": "pool_terminated", "connections_in_use": connections_in_use()},
+        )
+        pool.terminate()
+    engine.pool = None

@@ -7,6 +7,7 @@ branch where the attempt cut-off is under test. flaky_call itself is untouched."
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
@@ -18,6 +19,7 @@ from temporalio.testing import ActivityEnvironment
 
 from orchestration import business, flaky
 from orchestration.activities import ActivityCounter, OrderActivities
+from orchestration.database import connections_in_use
 from orchestration.models import CANCELLED, SHIPPED, Address, ChargePaymentInput, Item, OrderRef
 from orchestration.tables import Event, Order, Payment
 from tests.conftest import POSTGRES_PORT, migrate
@@ -143,6 +145,38 @@ async def test_a_hung_attempt_is_cut_off_at_its_deadline(database, monkeypatch, 
     assert counter.running == 0
     assert await Payment.count().where(Payment.order_id == order_id) == 0
     assert "attempt_failed" in await events_of(order_id)
+
+
+async def wait_for_connections_returned(seconds: float = 2.0) -> int:
+    give_up_at = time.monotonic() + seconds
+    while connections_in_use() and time.monotonic() < give_up_at:
+        await asyncio.sleep(0.02)
+    return connections_in_use()
+
+
+async def test_an_attempt_cut_off_during_its_write_finishes_it_and_returns_the_connection(
+    database, flaky_succeeds, order_id
+):
+    """flaky_call succeeds at once here, so a one-millisecond cut-off lands inside the payment's
+    database transaction. The write still completes (once), and no pooled connection is lost:
+    a transaction abandoned halfway would keep its connection forever."""
+    await received_order(order_id)
+    await business.order_validated(order_id)
+    activities = OrderActivities(attempt_timeout=0.001)
+    cut_off = 0
+    for _ in range(20):
+        try:
+            await activity_environment(order_id).run(
+                activities.charge_payment, ChargePaymentInput(order_id, f"pay-{order_id}")
+            )
+        except ApplicationError as err:
+            assert err.type == "AttemptTimedOut"
+            cut_off += 1
+    assert cut_off, "no attempt was cut off; the test did not test anything"
+    assert await wait_for_connections_returned() == 0
+    payments = await Payment.select(Payment.status).where(Payment.order_id == order_id)
+    assert payments == [{"status": "charged"}]
+    assert (await events_of(order_id)).count("payment_charged") == 1
 
 
 async def test_migrations_build_an_empty_database_and_rerun_as_a_no_op(postgres):
