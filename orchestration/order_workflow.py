@@ -17,7 +17,7 @@ whichever way a charge settled.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from temporalio import workflow
@@ -112,6 +112,7 @@ class OrderWorkflow:
         self._book.log(
             "order started", "state_transition", to_state=STARTED, deadline_at=self._deadline_at.isoformat()
         )
+        workflow.metric_meter().create_counter("orders_started", "Orders whose workflow started").add(1)
         lifecycle = asyncio.create_task(self._lifecycle())
         while not lifecycle.done():
             try:
@@ -122,8 +123,26 @@ class OrderWorkflow:
                 self._request_cancel("workflow cancellation requested")
         lifecycle.result()
         await workflow.wait_condition(workflow.all_handlers_finished)
-        self._finished_at = workflow.now().isoformat()
+        finished_at = workflow.now()
+        self._finished_at = finished_at.isoformat()
+        self._count_finished(finished_at)
         return self.status()
+
+    def _count_finished(self, finished_at: datetime) -> None:
+        """Publish the outcome on the worker's metrics endpoint. The SDK's workflow meter skips
+        replays, so an order is counted once however often its history is replayed."""
+        meter = workflow.metric_meter()
+        seconds = (finished_at - self._started_at).total_seconds()
+        meter.create_counter("orders_finished", "Orders that reached a terminal state").add(
+            1, {"state": self._state}
+        )
+        meter.create_histogram_float(
+            "order_duration_seconds", "Start to terminal state of each order", "s"
+        ).record(seconds, {"state": self._state})
+        if finished_at > self._deadline_at:
+            meter.create_counter(
+                "order_deadline_missed", "Orders that ended after their deadline"
+            ).add(1, {"state": self._state})
 
     async def _lifecycle(self) -> None:
         try:

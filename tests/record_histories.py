@@ -1,0 +1,92 @@
+"""Record the workflow histories that tests/test_replay.py replays.
+
+Usage: .venv/bin/python -m tests.record_histories
+
+Runs four orders on Temporal's time-skipping test server with the activity doubles of
+tests/test_order_workflow.py (happy path, cancel after charge with refund, a failed dispatch that
+the parent retries, dispatch failing until the deadline) and writes each order's history, and
+those of its shipping children, as JSON to tests/histories/ (with workflow_ids.json naming the
+workflow id of each). Re-record only when a workflow change
+is meant to be incompatible with running orders (and then version it with workflow.patched)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from temporalio.testing import WorkflowEnvironment
+
+from orchestration.models import CancelOrder
+from orchestration.order_workflow import OrderWorkflow
+from tests.test_order_workflow import FakeActivities, running_order
+
+HISTORIES = Path(__file__).resolve().parent / "histories"
+WORKFLOW_IDS = "workflow_ids.json"
+TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
+
+
+async def happy(env, fakes, handle) -> None:
+    await handle.signal(OrderWorkflow.approve)
+
+
+async def cancelled_after_charge(env, fakes, handle) -> None:
+    await handle.signal(OrderWorkflow.approve)
+    await fakes.reached["prepare_package"].wait()
+    await handle.signal(OrderWorkflow.cancel_order, CancelOrder("out of stock"))
+
+
+async def dispatch_retried(env, fakes, handle) -> None:
+    await handle.signal(OrderWorkflow.approve)
+
+
+async def deadline_exceeded(env, fakes, handle) -> None:
+    await handle.signal(OrderWorkflow.approve)
+
+
+SCENARIOS = {
+    "happy": (happy, {}),
+    "cancelled_after_charge": (cancelled_after_charge, {"hold": "prepare_package"}),
+    "dispatch_retried": (dispatch_retried, {"dispatch_failures": "first_attempt"}),
+    "deadline_exceeded": (deadline_exceeded, {"dispatch_failures": "always"}),
+}
+
+
+async def record(env: WorkflowEnvironment, name: str) -> dict[str, str]:
+    """Run one scenario; returns the written history files, each with its workflow id."""
+    drive, setup = SCENARIOS[name]
+    fakes = FakeActivities(dispatch_failures=setup.get("dispatch_failures", "none"))
+    if "hold" in setup:
+        fakes.hold(setup["hold"])
+    written: dict[str, str] = {}
+    async with running_order(env, fakes) as handle:
+        await drive(env, fakes, handle)
+        status = await handle.result()
+        ids = [handle.id] + [f"{handle.id}-shipping-{n}" for n in range(1, status.shipping_attempts + 1)]
+        for index, workflow_id in enumerate(ids):
+            history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+            path = HISTORIES / (f"{name}.json" if index == 0 else f"{name}.shipping-{index}.json")
+            path.write_text(history.to_json())
+            written[path.name] = workflow_id
+    print(f"{name}: {status.state} ({status.reason or 'no reason'}), {len(written)} histories")
+    return written
+
+
+async def main() -> None:
+    HISTORIES.mkdir(exist_ok=True)
+    for stale in HISTORIES.glob("*.json"):
+        stale.unlink()
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=str(TEST_SERVER))
+    workflow_ids: dict[str, str] = {}
+    try:
+        for name in SCENARIOS:
+            workflow_ids.update(await record(env, name))
+    finally:
+        await env.shutdown()
+    # A replay needs the workflow id the history was recorded under.
+    (HISTORIES / WORKFLOW_IDS).write_text(json.dumps(workflow_ids, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
