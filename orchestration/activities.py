@@ -17,6 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from orchestration import business
+from orchestration.metrics import ATTEMPT_TIMED_OUT_ERROR, ActivityCounter, counted
 from orchestration.models import (
     ChargePaymentInput,
     CloseOrderInput,
@@ -43,13 +44,6 @@ ATTEMPT_FAILED = "attempt_failed"
 FAILURE_RECORD_TIMEOUT_SECONDS = 1.0
 
 
-class ActivityCounter:
-    """How many activity attempts are executing right now (exposed for load tests)."""
-
-    def __init__(self) -> None:
-        self.running = 0
-
-
 class OrderActivities:
     """Activities of both task queues; one instance per worker process."""
 
@@ -60,30 +54,26 @@ class OrderActivities:
     async def _attempt(self, order_id: str, call: Callable[[], Awaitable[T]]) -> tuple[T, list[ErrorRecord]]:
         """Run one attempt within its deadline; returns the result and earlier attempts' errors."""
         info = activity.info()
-        self.counter.running += 1
         try:
-            try:
-                async with asyncio.timeout(self.attempt_timeout):
-                    result = await call()
-            except TimeoutError:
-                message = f"attempt timed out after {self.attempt_timeout:g}s"
-                await self._record_failure(order_id, message, "timeout")
-                raise ApplicationError(message, type="AttemptTimedOut", category=BENIGN) from None
-            except business.BusinessRuleViolation as err:
-                await self._record_failure(order_id, str(err), "rejected")
-                raise ApplicationError(str(err), type="BusinessRuleViolation", non_retryable=True) from err
-            except Exception as err:
-                message = f"{type(err).__name__}: {err}"
-                await self._record_failure(order_id, message, "error")
-                raise ApplicationError(message, type=type(err).__name__, category=BENIGN) from err
-            errors = await self._earlier_failures(order_id) if info.attempt > 1 else []
-            activity.logger.info(
-                "activity attempt succeeded",
-                extra={"event": "attempt_succeeded", "order_id": order_id},
-            )
-            return result, errors
-        finally:
-            self.counter.running -= 1
+            async with asyncio.timeout(self.attempt_timeout):
+                result = await call()
+        except TimeoutError:
+            message = f"attempt timed out after {self.attempt_timeout:g}s"
+            await self._record_failure(order_id, message, "timeout")
+            raise ApplicationError(message, type=ATTEMPT_TIMED_OUT_ERROR, category=BENIGN) from None
+        except business.BusinessRuleViolation as err:
+            await self._record_failure(order_id, str(err), "rejected")
+            raise ApplicationError(str(err), type="BusinessRuleViolation", non_retryable=True) from err
+        except Exception as err:
+            message = f"{type(err).__name__}: {err}"
+            await self._record_failure(order_id, message, "error")
+            raise ApplicationError(message, type=type(err).__name__, category=BENIGN) from err
+        errors = await self._earlier_failures(order_id) if info.attempt > 1 else []
+        activity.logger.info(
+            "activity attempt succeeded",
+            extra={"event": "attempt_succeeded", "order_id": order_id},
+        )
+        return result, errors
 
     async def _record_failure(self, order_id: str, message: str, kind: str) -> None:
         info = activity.info()
@@ -142,6 +132,7 @@ class OrderActivities:
     # Order queue.
 
     @activity.defn
+    @counted
     async def receive_order(self, input: ReceiveOrderInput) -> StepResult:
         _, errors = await self._attempt(
             input.order_id,
@@ -152,6 +143,7 @@ class OrderActivities:
         return StepResult(attempt=activity.info().attempt, errors=errors)
 
     @activity.defn
+    @counted
     async def validate_order(self, input: OrderRef) -> StepResult:
         _, errors = await self._attempt(
             input.order_id, lambda: business.order_validated(input.order_id)
@@ -159,6 +151,7 @@ class OrderActivities:
         return StepResult(attempt=activity.info().attempt, errors=errors)
 
     @activity.defn
+    @counted
     async def charge_payment(self, input: ChargePaymentInput) -> PaymentResult:
         payment, errors = await self._attempt(
             input.order_id, lambda: business.payment_charged(input.order_id, input.payment_id)
@@ -173,6 +166,7 @@ class OrderActivities:
         )
 
     @activity.defn
+    @counted
     async def refund_payment(self, input: RefundPaymentInput) -> PaymentResult:
         refund, errors = await self._attempt(
             input.order_id,
@@ -187,6 +181,7 @@ class OrderActivities:
         )
 
     @activity.defn
+    @counted
     async def mark_shipped(self, input: OrderRef) -> StepResult:
         detail, errors = await self._attempt(
             input.order_id, lambda: business.order_shipped(input.order_id)
@@ -194,16 +189,19 @@ class OrderActivities:
         return StepResult(attempt=activity.info().attempt, detail=detail, errors=errors)
 
     @activity.defn
+    @counted
     async def record_address(self, input: RecordAddressInput) -> None:
         await business.record_address(input.order_id, input.address, input.version)
 
     @activity.defn
+    @counted
     async def close_order(self, input: CloseOrderInput) -> None:
         await business.close_order(
             input.order_id, input.state, input.reason, input.payment_id, input.items
         )
 
     @activity.defn
+    @counted
     async def record_event(self, input: RecordEventInput) -> None:
         await business.record_event(
             input.order_id, input.event_type, input.event_key, input.payload
@@ -212,6 +210,7 @@ class OrderActivities:
     # Shipping queue.
 
     @activity.defn
+    @counted
     async def prepare_package(self, input: ShippingStepInput) -> StepResult:
         detail, errors = await self._attempt(
             input.order_id,
@@ -220,6 +219,7 @@ class OrderActivities:
         return StepResult(attempt=activity.info().attempt, detail=detail, errors=errors)
 
     @activity.defn
+    @counted
     async def dispatch_carrier(self, input: ShippingStepInput) -> StepResult:
         detail, errors = await self._attempt(
             input.order_id,

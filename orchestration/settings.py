@@ -56,6 +56,18 @@ class TemporalSettings:
     """Task queue of ShippingWorkflow and its activities (SHIPPING_TASK_QUEUE)."""
     ui_url: str = field(default_factory=lambda: _env_str("TEMPORAL_UI_URL", "http://localhost:8233"))
     """Base URL of the Temporal UI, used for links (TEMPORAL_UI_URL)."""
+    tls_cert_path: str = field(default_factory=lambda: _env_str("TEMPORAL_TLS_CERT", ""))
+    """Client certificate (PEM file) for mTLS, e.g. Temporal Cloud (TEMPORAL_TLS_CERT)."""
+    tls_key_path: str = field(default_factory=lambda: _env_str("TEMPORAL_TLS_KEY", ""))
+    """Private key (PEM file) of that certificate (TEMPORAL_TLS_KEY)."""
+    tls_ca_path: str = field(default_factory=lambda: _env_str("TEMPORAL_TLS_CA", ""))
+    """CA bundle (PEM file) for a server with a private CA; empty trusts the system's (TEMPORAL_TLS_CA)."""
+    tls_server_name: str = field(default_factory=lambda: _env_str("TEMPORAL_TLS_SERVER_NAME", ""))
+    """Server name to verify when it differs from the address host (TEMPORAL_TLS_SERVER_NAME)."""
+    api_key: str = field(default_factory=lambda: _env_str("TEMPORAL_API_KEY", ""))
+    """API key, e.g. for Temporal Cloud; implies TLS (TEMPORAL_API_KEY)."""
+    tls: bool = field(default_factory=lambda: _env_str("TEMPORAL_TLS", "").lower() in ("1", "true", "yes"))
+    """Use TLS even without a client certificate or API key (TEMPORAL_TLS=true)."""
 
 
 def order_policy_from_env() -> OrderPolicy:
@@ -95,6 +107,10 @@ class WorkerSettings:
         default_factory=lambda: _env_int("WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", 100)
     )
     """Workflow task slots per worker (WORKER_MAX_CONCURRENT_WORKFLOW_TASKS)."""
+    metrics_port: int = field(default_factory=lambda: _env_int("WORKER_METRICS_PORT", 0))
+    """Port of the worker's Prometheus /metrics; 0 serves none (WORKER_METRICS_PORT)."""
+    metrics_host: str = field(default_factory=lambda: _env_str("WORKER_METRICS_HOST", "127.0.0.1"))
+    """Interface the metrics endpoint binds; 0.0.0.0 for a scraper in another container (WORKER_METRICS_HOST)."""
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ from typing import Sequence
 
 from temporalio.worker import Worker
 
-from orchestration.activities import ActivityCounter, OrderActivities
+from orchestration.activities import OrderActivities
 from orchestration.database import close_pool, open_pool
 from orchestration.logs import configure_logging
+from orchestration.metrics import ActivityCounter, metrics_meter
 from orchestration.settings import Settings, get_settings
 from orchestration.temporal_client import connect
 
@@ -43,16 +44,25 @@ async def serve(task_queue_of, workflows: Sequence[type], activities_of) -> None
     """
     configure_logging()
     settings = get_settings()
+    # Before connecting: the metrics endpoint lives in the runtime the client is created on.
+    meter = metrics_meter(settings.worker.metrics_port, settings.worker.metrics_host)
     await open_pool(settings.database)
     client = await connect(settings.temporal)
-    activities = OrderActivities(settings.worker.attempt_timeout_seconds, ActivityCounter())
+    activities = OrderActivities(settings.worker.attempt_timeout_seconds, ActivityCounter(meter))
     task_queue = task_queue_of(settings)
     worker = build_worker(client, settings, task_queue, workflows, activities_of(activities))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    logger.info("worker started", extra={"event": "worker_started", "task_queue": task_queue})
+    logger.info(
+        "worker started",
+        extra={
+            "event": "worker_started",
+            "task_queue": task_queue,
+            "metrics_port": settings.worker.metrics_port,
+        },
+    )
     async with worker:
         await stop.wait()
         logger.info("worker stopping", extra={"event": "worker_stopping", "task_queue": task_queue})
