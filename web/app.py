@@ -1,6 +1,6 @@
 """The Litestar application: `uvicorn web.app:app`.
 
-OpenAPI is served at /schema.
+The operator board is at /, the JSON API under /orders, OpenAPI at /schema.
 """
 
 from __future__ import annotations
@@ -9,12 +9,15 @@ from typing import Optional
 
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.plugins.htmx import HTMXPlugin
+from litestar.static_files import create_static_files_router
 from temporalio.client import Client
 
 from orchestration.database import close_pool, open_pool
 from orchestration.logs import configure_logging
 from orchestration.settings import Settings, get_settings
 from web.api import OrderController, health
+from web.board import STATIC_DIR, BoardController, template_config
 from web.errors import EXCEPTION_HANDLERS
 from web.schemas import MAX_BODY_BYTES
 from web.service import OrderService, TemporalConnection
@@ -42,7 +45,14 @@ def create_app(
         return order_service
 
     return Litestar(
-        route_handlers=[OrderController, health],
+        route_handlers=[
+            OrderController,
+            health,
+            BoardController,
+            create_static_files_router(path="/static", directories=[STATIC_DIR]),
+        ],
+        template_config=template_config(settings),
+        plugins=[HTMXPlugin()],
         dependencies={"order_service": Provide(provide_order_service, sync_to_thread=False)},
         on_startup=[start_up],
         on_shutdown=[close_pool] if manage_pool else [],

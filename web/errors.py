@@ -56,7 +56,8 @@ _FIELD_PROBLEM = re.compile(r"^Object (missing required|contains unknown) field 
 _BODY_KEYS = ("", "data")
 
 
-def _reworded(message: str) -> str:
+def reworded(message: str) -> str:
+    """One of msgspec's validation messages in plain words, e.g. "must not be blank"."""
     for pattern, meaning in PATTERN_MEANINGS.items():
         if message == f"Expected `str` matching regex {pattern!r}":
             return meaning
@@ -79,7 +80,7 @@ def _field_problem(request: Request, error: dict[str, Any]) -> str:
     key = str(error.get("key", ""))
     source = getattr(error.get("source"), "value", error.get("source"))
     if source in ("path", "query"):
-        return f"{source} parameter {_parameter_name(request, key)!r} {_reworded(message)}"
+        return f"{source} parameter {_parameter_name(request, key)!r} {reworded(message)}"
     if field_problem := _FIELD_PROBLEM.match(message):
         # For a missing or unknown field, Litestar's key is the object holding it.
         parent = "" if key in _BODY_KEYS else key + "."
@@ -91,16 +92,21 @@ def _field_problem(request: Request, error: dict[str, Any]) -> str:
         return f"field {parent + field_problem.group(2)!r} {what}"
     if key in _BODY_KEYS:
         # An absent body shows up as a KeyError message naming the `data` argument.
-        problem = "is required" if message == repr("data") else _reworded(message)
+        problem = "is required" if message == repr("data") else reworded(message)
         return f"the request body {problem}"
-    return f"field {key!r} {_reworded(message)}"
+    return f"field {key!r} {reworded(message)}"
+
+
+def validation_detail(request: Request, exc: ValidationException) -> str:
+    """A sentence naming every rejected field of the request."""
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    problems = [_field_problem(request, error) for error in errors if isinstance(error, dict)]
+    return "Invalid request: " + ("; ".join(problems) if problems else exc.detail) + "."
 
 
 def _validation_error(request: Request, exc: ValidationException) -> Response:
     errors = exc.extra if isinstance(exc.extra, list) else []
-    problems = [_field_problem(request, error) for error in errors if isinstance(error, dict)]
-    detail = "Invalid request: " + ("; ".join(problems) if problems else exc.detail) + "."
-    return error_response(HTTP_422_UNPROCESSABLE_ENTITY, detail, errors)
+    return error_response(HTTP_422_UNPROCESSABLE_ENTITY, validation_detail(request, exc), errors)
 
 
 def _client_error(request: Request, exc: ClientException) -> Response:

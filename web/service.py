@@ -10,10 +10,11 @@ import asyncio
 import dataclasses
 import math
 import time
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Collection, Iterable, Optional
 
 import asyncpg
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,9 +23,11 @@ from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
     WorkflowHandle,
+    WorkflowQueryRejectedError,
 )
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.common import QueryRejectCondition, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RetryConfig, RPCError, RPCStatusCode
 
@@ -32,7 +35,8 @@ from orchestration.models import Address, AddressUpdate, CancelOrder, Item, Orde
 from orchestration.order_workflow import OrderWorkflow
 from orchestration.settings import Settings
 from orchestration.shipping_workflow import ShippingWorkflow
-from orchestration.tables import Order, Payment
+from orchestration.temporal_client import connect_options
+from orchestration.tables import Event, Order, Payment
 
 # A web request waits this long for one dependency call; beyond that it answers 503 instead of
 # keeping the caller (and a server slot) waiting.
@@ -42,6 +46,14 @@ RECONNECT_PAUSE_SECONDS = 2.0
 # The SDK retries an unreachable server for about ten seconds by default; a web request gives up
 # sooner and lets the caller retry.
 WEB_RETRY_CONFIG = RetryConfig(max_retries=2, max_elapsed_time_millis=2000)
+# A closed order's summary never changes; this many are kept so that a board asks Temporal about
+# a finished order once, not on every page view.
+FINAL_SUMMARIES_KEPT = 2000
+# One page of the board asks Temporal about this many orders at a time, so that a page full of
+# orders in flight does not flood the server.
+SUMMARY_CONCURRENCY = 8
+# The order page lists at most this many events (each failed attempt is one).
+MAX_EVENTS_LISTED = 500
 
 
 class OrderNotFound(Exception):
@@ -74,8 +86,32 @@ class StartedOrder:
     deadline_seconds: float
 
 
+@dataclass
+class OrderSummary:
+    """What one board row needs: the workflow's status and the activities pending right now."""
+
+    status: OrderStatus
+    closed: bool
+    """The workflow has ended, so `status` is final."""
+    pending_activities: list[dict[str, Any]]
+
+
+@dataclass
+class OrderRecord:
+    """What the database holds about one order. `order` is None until ReceiveOrder succeeded."""
+
+    order: Optional[dict[str, Any]]
+    payments: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+
 def workflow_id_for(order_id: str) -> str:
     return f"order-{order_id}"
+
+
+def shipping_workflow_id_for(order_id: str, shipping_attempt: int) -> str:
+    """The id OrderWorkflow gives the shipping child of that attempt."""
+    return f"{workflow_id_for(order_id)}-shipping-{shipping_attempt}"
 
 
 class TemporalConnection:
@@ -102,7 +138,7 @@ class TemporalConnection:
                     self._client = await asyncio.wait_for(
                         Client.connect(
                             self._settings.address,
-                            namespace=self._settings.namespace,
+                            **connect_options(self._settings),
                             retry_config=WEB_RETRY_CONFIG,
                         ),
                         CONNECT_TIMEOUT_SECONDS,
@@ -126,7 +162,13 @@ async def _temporal_call(order_id: Optional[str] = None) -> AsyncIterator[None]:
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND and order_id is not None:
             raise OrderNotFound(order_id) from err
-        if err.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+        # RESOURCE_EXHAUSTED: the server sheds queries under load ("consistent query buffer is
+        # full"); like an outage, it passes, and the caller should try again shortly.
+        if err.status in (
+            RPCStatusCode.UNAVAILABLE,
+            RPCStatusCode.DEADLINE_EXCEEDED,
+            RPCStatusCode.RESOURCE_EXHAUSTED,
+        ):
             raise DependencyUnavailable(
                 "temporal", f"Temporal did not answer ({err.message}); try again later."
             ) from err
@@ -196,6 +238,7 @@ class OrderService:
     def __init__(self, settings: Settings, temporal: TemporalConnection) -> None:
         self._settings = settings
         self._temporal = temporal
+        self._final_summaries: OrderedDict[str, OrderSummary] = OrderedDict()
 
     async def _order_handle(self, order_id: str) -> WorkflowHandle[OrderWorkflow, OrderStatus]:
         client = await self._temporal.client()
@@ -329,13 +372,114 @@ class OrderService:
             )
         return _execution(description), dataclasses.asdict(status)
 
+    async def order_summary(self, order_id: str) -> OrderSummary:
+        """The status of one order for a board row: one query and one describe, sent together.
+
+        Once the workflow has closed, its result is the final status (no worker has to replay the
+        history to answer a query); that summary is kept, so a finished order costs Temporal
+        nothing afterwards."""
+        if (final := self._final_summaries.get(order_id)) is not None:
+            self._final_summaries.move_to_end(order_id)
+            return final
+        handle = await self._order_handle(order_id)
+        async with _temporal_call(order_id):
+            description, status = await asyncio.gather(
+                handle.describe(rpc_timeout=CALL_TIMEOUT), self._open_status(handle)
+            )
+            if status is not None and description.status == WorkflowExecutionStatus.RUNNING:
+                return OrderSummary(status, False, _pending_activities(description))
+            final = OrderSummary(await self._final_status(handle), True, [])
+        self._final_summaries[order_id] = final
+        while len(self._final_summaries) > FINAL_SUMMARIES_KEPT:
+            self._final_summaries.popitem(last=False)
+        return final
+
+    @staticmethod
+    async def _open_status(
+        handle: WorkflowHandle[OrderWorkflow, OrderStatus],
+    ) -> Optional[OrderStatus]:
+        """The status query, or None when the workflow has closed meanwhile."""
+        try:
+            return await handle.query(
+                OrderWorkflow.status,
+                reject_condition=QueryRejectCondition.NOT_OPEN,
+                rpc_timeout=CALL_TIMEOUT,
+            )
+        except WorkflowQueryRejectedError:
+            return None
+
+    @staticmethod
+    async def _final_status(handle: WorkflowHandle[OrderWorkflow, OrderStatus]) -> OrderStatus:
+        try:
+            return await handle.result(rpc_timeout=CALL_TIMEOUT)
+        except WorkflowFailureError:
+            # Terminated or timed out by Temporal: there is no result, but a replay still
+            # answers the query.
+            return await handle.query(OrderWorkflow.status, rpc_timeout=CALL_TIMEOUT)
+
+    async def shipping_status(self, workflow_id: str) -> Optional[dict[str, Any]]:
+        """The status of one shipping attempt, also after it has closed (a shipping worker then
+        replays it to answer); None when there is no such workflow."""
+        client = await self._temporal.client()
+        handle = client.get_workflow_handle_for(ShippingWorkflow.run, workflow_id)
+        try:
+            async with _temporal_call():
+                status = await handle.query(ShippingWorkflow.status, rpc_timeout=CALL_TIMEOUT)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        return dataclasses.asdict(status)
+
+    async def order_summaries(self, order_ids: Iterable[str]) -> dict[str, Optional[OrderSummary]]:
+        """Summaries of several orders, a few at a time. An order Temporal cannot report on now
+        (unavailable, or its history already deleted) maps to None, so that a page can still
+        show what the database knows."""
+        limit = asyncio.Semaphore(SUMMARY_CONCURRENCY)
+
+        async def summary(order_id: str) -> Optional[OrderSummary]:
+            async with limit:
+                try:
+                    return await self.order_summary(order_id)
+                except (OrderNotFound, DependencyUnavailable):
+                    return None
+
+        ids = list(order_ids)
+        return dict(zip(ids, await asyncio.gather(*(summary(order_id) for order_id in ids))))
+
     async def list_orders(self, state: Optional[str], limit: int) -> list[dict[str, Any]]:
+        return await self.recent_orders(None if state is None else [state], limit)
+
+    async def recent_orders(
+        self, states: Optional[Collection[str]], limit: int
+    ) -> list[dict[str, Any]]:
+        """Orders from the database, newest first, in any of `states` (None: in any state)."""
         query = Order.select().order_by(Order.created_at, ascending=False).limit(limit)
-        if state is not None:
-            query = query.where(Order.state == state)
+        if states is not None:
+            query = query.where(Order.state.is_in(list(states)))
         async with _database_call():
             rows = await query.output(load_json=True)
         return [_order_row(row) for row in rows]
+
+    async def order_record(self, order_id: str) -> OrderRecord:
+        async with _database_call():
+            order = await Order.select().where(Order.id == order_id).first().output(load_json=True)
+            payments = await Payment.select().where(Payment.order_id == order_id).order_by(
+                Payment.created_at
+            )
+            events = (
+                await Event.select()
+                .where(Event.order_id == order_id)
+                .order_by(Event.ts)
+                .order_by(Event.id)
+                .limit(MAX_EVENTS_LISTED)
+                .output(load_json=True)
+            )
+        return OrderRecord(
+            order=None if order is None else {**_order_row(order), "items": order["items_json"]},
+            payments=payments,
+            events=events,
+        )
 
     async def health(self) -> dict[str, dict[str, Any]]:
         """Whether each dependency answers now, with the error when it does not."""

@@ -1,0 +1,264 @@
+"""The board in a real headless Chromium (Debian's package, driven by Playwright's async API),
+against the app served over real HTTP by uvicorn in the test's event loop, so it shares the
+session's workers and database pool.
+
+Every wait is for a condition on the page, bounded by the order's 15-s deadline. Screenshots of
+the board go to test-artifacts/: board.png, and board-states.png from the test that stages orders
+in several states (the README's static/board.png is a copy of it). Debian's chromium must be
+installed (scripts/test installs it); without it these tests fail rather than skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from pathlib import Path
+from typing import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
+from temporalio.client import Client
+
+from tests.test_api import HOME, OFFICE, order_row
+from web.app import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-gpu",
+]
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+# The README's picture (static/board.png) is a copy of this one.
+STATES_SCREENSHOT = ARTIFACTS / "board-states.png"
+# An order ends within 15 s of its start; waiting a little longer than that means a bug.
+ORDER_END_MS = 17_000
+STEP_MS = 8_000
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def base_url(workers: Client) -> AsyncIterator[str]:
+    # The database fixture owns the shared pool; the app must not close it.
+    app = create_app(temporal_client=workers, manage_pool=False)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done(), "uvicorn did not start"
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await serving
+
+
+@pytest_asyncio.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        yield chromium
+        await chromium.close()
+
+
+@pytest_asyncio.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1440, "height": 900})
+    board_page = await context.new_page()
+    dialogs: list[str] = []
+
+    async def refuse_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    board_page.on("dialog", refuse_dialog)
+    yield board_page
+    await context.close()
+    assert not dialogs, f"the board must not use alert boxes: {dialogs}"
+
+
+@pytest_asyncio.fixture
+async def api(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        yield client
+
+
+def row(page: Page, order_id: str):
+    return page.locator(f'tr.order-row[data-order-id="{order_id}"]')
+
+
+async def open_board(page: Page, base_url: str) -> None:
+    await page.goto(base_url + "/")
+    # Survives only as long as the document does: a reload would drop it.
+    await page.evaluate("window.sameDocument = true")
+
+
+async def still_same_document(page: Page) -> bool:
+    return await page.evaluate("window.sameDocument === true")
+
+
+async def start_from_form(page: Page, address: dict[str, str] | None = HOME) -> str:
+    form = page.locator("#new-order")
+    order_id = await form.locator('[name="order_id"]').input_value()
+    for name, value in (address or {}).items():
+        await form.locator(f'[name="address.{name}"]').fill(value)
+    await form.get_by_role("button", name="Start order").click()
+    await expect(form.get_by_text(f"Order {order_id} started.")).to_be_visible(timeout=STEP_MS)
+    return order_id
+
+
+async def start_from_api(api: httpx.AsyncClient, address: dict[str, str] | None = HOME) -> str:
+    order_id = f"ui-{uuid.uuid4().hex[:10]}"
+    body: dict = {"payment_id": f"pay-{order_id}", "items": [{"sku": "ABC", "qty": 2}]}
+    if address:
+        body["address"] = address
+    response = await api.post(f"/orders/{order_id}/start", json=body)
+    assert response.status_code == 201, response.text
+    return order_id
+
+
+async def awaiting_approval(page: Page, order_id: str) -> None:
+    await expect(row(page, order_id)).to_have_attribute(
+        "data-state", "awaiting_approval", timeout=STEP_MS
+    )
+
+
+async def test_order_from_the_form_is_approved_and_ships_without_a_reload(
+    page: Page, base_url: str
+) -> None:
+    await open_board(page, base_url)
+    order_id = await start_from_form(page)
+    await awaiting_approval(page, order_id)
+    await expect(row(page, order_id).locator(".deadline-fill")).to_be_visible()
+
+    await row(page, order_id).get_by_role("button", name="Approve").click()
+    await expect(row(page, order_id)).to_have_attribute("data-state", "shipped", timeout=ORDER_END_MS)
+    await expect(row(page, order_id).get_by_role("button", name="Approve")).to_have_count(0)
+    await expect(row(page, order_id)).to_contain_text("ended after")
+    assert await still_same_document(page)
+    # The new-order poller has run meanwhile: the order is on the board once.
+    await expect(page.locator(f'tbody.order[data-order-id="{order_id}"]')).to_have_count(1)
+    assert await page.locator('#new-order [name="order_id"]').input_value() != order_id
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "board.png"), full_page=True)
+
+
+async def test_order_started_elsewhere_appears_and_is_cancelled_with_a_reason(
+    page: Page, base_url: str, api: httpx.AsyncClient
+) -> None:
+    await open_board(page, base_url)
+    order_id = await start_from_api(api)
+    await awaiting_approval(page, order_id)
+
+    await row(page, order_id).get_by_text("Cancel…").click()
+    await row(page, order_id).get_by_label("Reason").fill("<b>customer</b> called")
+    await row(page, order_id).get_by_role("button", name="Cancel order").click()
+    await expect(row(page, order_id)).to_have_attribute("data-state", "cancelled", timeout=ORDER_END_MS)
+    await expect(row(page, order_id).locator(".reason")).to_have_text("<b>customer</b> called")
+    assert await still_same_document(page)
+
+
+async def test_new_address_from_the_board_is_shown_on_the_order_page(
+    page: Page, base_url: str
+) -> None:
+    await open_board(page, base_url)
+    order_id = await start_from_form(page)
+    await awaiting_approval(page, order_id)
+
+    await row(page, order_id).get_by_text("Address…").click()
+    address_form = row(page, order_id).locator("form.address-form")
+    await address_form.get_by_label("Country").fill("U")
+    await address_form.get_by_role("button", name="Send new address").click()
+    await expect(row(page, order_id)).to_contain_text("Country must be at least 2 characters long")
+
+    address_form = row(page, order_id).locator("form.address-form")
+    for name, label in (("line1", "Street"), ("city", "City"), ("postal_code", "Postal code")):
+        await address_form.get_by_label(label, exact=True).fill(OFFICE[name])
+    await address_form.get_by_label("Name").fill(OFFICE["name"])
+    await address_form.get_by_label("Country").fill(OFFICE["country"])
+    await address_form.get_by_role("button", name="Send new address").click()
+    order_rows = page.locator(f'tbody.order[data-order-id="{order_id}"]')
+    await expect(order_rows.get_by_text("New address sent.")).to_be_visible(timeout=STEP_MS)
+    await row(page, order_id).get_by_role("button", name="Approve").click()
+    await expect(row(page, order_id)).to_have_attribute("data-state", "shipped", timeout=ORDER_END_MS)
+
+    await row(page, order_id).get_by_role("link", name=order_id).click()
+    await expect(page.locator("h1")).to_contain_text(order_id)
+    address = page.locator("dd.address")
+    for part in ("Reception", "9 Office Park", "54321 Shelbyville"):
+        await expect(address).to_contain_text(part)
+    await expect(page.locator(".timeline")).to_contain_text("dispatch carrier")
+    await expect(page.locator("table.events")).to_contain_text("address updated")
+    link = page.get_by_role("link", name="Open in Temporal UI ↗")
+    assert (await link.get_attribute("href")).endswith(f"/workflows/order-{order_id}")
+
+
+async def test_refusal_is_shown_on_the_row_not_in_a_dialog(
+    page: Page, base_url: str, api: httpx.AsyncClient
+) -> None:
+    await open_board(page, base_url)
+    order_id = await start_from_form(page)
+    await awaiting_approval(page, order_id)
+    # An open form pauses the row's polling, so the row still offers Cancel after the order
+    # has shipped: the server refuses it, and the refusal appears on the row.
+    await row(page, order_id).get_by_text("Cancel…").click()
+    assert (await api.post(f"/orders/{order_id}/signals/approve")).status_code == 202
+    for _ in range(ORDER_END_MS // 100):
+        record = await order_row(order_id)
+        if record and record["state"] == "shipped":
+            break
+        await asyncio.sleep(0.1)
+    await row(page, order_id).get_by_role("button", name="Cancel order").click()
+
+    notice = page.locator(f'tbody.order[data-order-id="{order_id}"] .notice-refused')
+    await expect(notice).to_contain_text(f"Order {order_id} cannot be cancelled now", timeout=STEP_MS)
+    await expect(row(page, order_id)).to_have_attribute("data-state", "shipped")
+    assert await still_same_document(page)
+
+
+async def test_board_shows_orders_in_every_kind_of_state_at_once(
+    page: Page, base_url: str, api: httpx.AsyncClient
+) -> None:
+    """Orders in several states at once: shipped, cancelled, failed, in flight and waiting."""
+    failing = await start_from_api(api, address=None)
+    assert (await api.post(f"/orders/{failing}/signals/approve")).status_code == 202
+    shipped, cancelled, readdressed = [await start_from_api(api) for _ in range(3)]
+    await api.post(f"/orders/{shipped}/signals/approve")
+    await api.post(f"/orders/{cancelled}/signals/cancel", json={"reason": "customer called"})
+    await api.post(
+        f"/orders/{readdressed}/signals/update-address", json={"address": OFFICE}
+    )
+    await api.post(f"/orders/{readdressed}/signals/approve")
+
+    await page.set_viewport_size({"width": 1480, "height": 820})
+    await open_board(page, base_url)
+    for order_id, state in ((shipped, "shipped"), (cancelled, "cancelled"), (readdressed, "shipped")):
+        await expect(row(page, order_id)).to_have_attribute("data-state", state, timeout=ORDER_END_MS)
+    await expect(row(page, failing)).to_have_attribute("data-state", "failed", timeout=ORDER_END_MS)
+    in_flight = await start_from_form(page)
+    waiting = await start_from_form(page)
+    await awaiting_approval(page, in_flight)
+    await awaiting_approval(page, waiting)
+    await row(page, in_flight).get_by_role("button", name="Approve").click()
+    shipping_states = ", ".join(
+        f'tr.order-row[data-order-id="{in_flight}"][data-state="{state}"]'
+        # Past review; it may already have shipped on a fast machine.
+        for state in ("charged", "shipping", "dispatched", "shipped")
+    )
+    await page.locator(shipping_states).wait_for(timeout=ORDER_END_MS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(STATES_SCREENSHOT))
