@@ -41,6 +41,10 @@ def create_app(
         if manage_pool:
             await open_pool(settings.database)
 
+    async def shut_down() -> None:
+        # Litestar passes the app to a hook that takes an argument; close_pool's is a timeout.
+        await close_pool()
+
     def provide_order_service() -> OrderService:
         return order_service
 
@@ -55,7 +59,7 @@ def create_app(
         plugins=[HTMXPlugin()],
         dependencies={"order_service": Provide(provide_order_service, sync_to_thread=False)},
         on_startup=[start_up],
-        on_shutdown=[close_pool] if manage_pool else [],
+        on_shutdown=[shut_down] if manage_pool else [],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
         debug=False,
