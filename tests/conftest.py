@@ -15,13 +15,13 @@ import uuid
 from pathlib import Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-POSTGRES_PORT = _free_port()
+POSTGRES_PORT = free_port()
 os.environ["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{POSTGRES_PORT}/orders_test"
 
 import pytest  # noqa: E402

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import urllib.request
 import uuid
 from collections import Counter
@@ -34,17 +33,13 @@ from orchestration.order_workflow import OrderWorkflow
 from orchestration.settings import get_settings
 from orchestration.shipping_workflow import ShippingWorkflow
 from orchestration.worker import build_worker
+from tests.conftest import free_port
 
 SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 # The order's steps that are one activity each (manual_review and ship_order are not).
 COUNTED_ORDER_STEPS = ("receive_order", "validate_order", "charge_payment", "mark_shipped")
 HOME = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
@@ -84,7 +79,7 @@ def orders_finished(port: int) -> Counter[str]:
 @pytest.fixture(scope="module")
 def metrics_runtime() -> tuple[Runtime, int]:
     """An SDK runtime serving Prometheus on a free port, as a worker with WORKER_METRICS_PORT has."""
-    port = _free_port()
+    port = free_port()
     runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}")))
     return runtime, port
 

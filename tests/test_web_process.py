@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.conftest import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_health(url: str, seconds: float = 30.0) -> int:
@@ -35,7 +31,7 @@ def wait_for_health(url: str, seconds: float = 30.0) -> int:
 
 
 def test_web_process_serves_and_stops_cleanly_on_sigterm(postgres, dev_server):
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": postgres,
