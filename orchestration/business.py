@@ -20,6 +20,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Iterable, Optional, TypeVar
 
+from orchestration.database import transaction
 from orchestration.flaky import flaky_call
 from orchestration.models import (
     CANCELLED,
@@ -48,10 +49,6 @@ class BusinessRuleViolation(Exception):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _transaction():
-    return Order._meta.db.transaction()
 
 
 def _log_unobserved_failure(write: asyncio.Task) -> None:
@@ -124,7 +121,7 @@ async def _insert_order(
     items_json = [dataclasses.asdict(item) for item in items]
     address_json = dataclasses.asdict(address) if address else None
     now = _now()
-    async with _transaction():
+    async with transaction():
         inserted = (
             await Order.insert(
                 Order(
@@ -163,7 +160,7 @@ async def _validate_order(order_id: str) -> bool:
     bad = [item for item in items if int(item.get("qty", 0)) < 1]
     if bad:
         raise BusinessRuleViolation(f"every item needs a quantity of at least 1: {bad}")
-    async with _transaction():
+    async with transaction():
         if await _advance_state(order_id, VALIDATED, [RECEIVED]):
             await record_event(order_id, "order_validated", f"{order_id}:order_validated", {})
     return True
@@ -178,7 +175,7 @@ async def payment_charged(order_id: str, payment_id: str) -> dict[str, Any]:
 async def _insert_payment(order_id: str, payment_id: str) -> dict[str, Any]:
     order = await _fetch_order(order_id)
     amount = sum(int(item.get("qty", 1)) for item in order["items_json"] or [])
-    async with _transaction():
+    async with transaction():
         inserted = (
             await Payment.insert(
                 Payment(
@@ -216,7 +213,7 @@ async def payment_refunded(order_id: str, payment_id: str, reason: str) -> dict[
 
 
 async def _refund_payment(order_id: str, payment_id: str, reason: str) -> dict[str, Any]:
-    async with _transaction():
+    async with transaction():
         refunded = (
             await Payment.update({Payment.status: "refunded", Payment.refunded_at: _now()})
             .where(
@@ -252,7 +249,7 @@ async def order_shipped(order_id: str) -> str:
 
 
 async def _mark_shipped(order_id: str) -> None:
-    async with _transaction():
+    async with transaction():
         if await _advance_state(order_id, SHIPPED, [DISPATCHED]):
             await record_event(order_id, "order_shipped", f"{order_id}:order_shipped", {})
 
@@ -300,14 +297,14 @@ async def _advance_with_event(
     key_suffix: str = "",
 ) -> None:
     """Move the order forward and record the fact once, in one transaction."""
-    async with _transaction():
+    async with transaction():
         await _advance_state(order_id, new_state, from_states)
         await record_event(order_id, event_type, f"{order_id}:{event_type}{key_suffix}", payload)
 
 async def record_address(order_id: str, address: Address, version: int) -> None:
     """Store the newest shipping address (bookkeeping: no outside call involved)."""
     address_json = dataclasses.asdict(address)
-    async with _transaction():
+    async with transaction():
         await Order.update({Order.address_json: address_json, Order.updated_at: _now()}).where(
             Order.id == order_id
         )
@@ -326,7 +323,7 @@ async def close_order(
     if state not in (CANCELLED, FAILED):
         raise ValueError(f"close_order only records cancelled or failed orders, not {state!r}")
     now = _now()
-    async with _transaction():
+    async with transaction():
         closed = await Order.insert(
             Order(
                 id=order_id,
