@@ -14,6 +14,7 @@ from temporalio.exceptions import (
     ApplicationError,
     ChildWorkflowError,
     FailureError,
+    RetryState,
     TimeoutError as TemporalTimeoutError,
 )
 
@@ -59,6 +60,10 @@ def is_deadline(err: BaseException) -> bool:
     current: Optional[BaseException] = err
     while current is not None:
         if isinstance(current, TemporalTimeoutError):
+            return True
+        # Temporal stopped retrying because the next attempt would end past the budget; the
+        # cause is then just the last attempt's own error.
+        if isinstance(current, (ActivityError, ChildWorkflowError)) and current.retry_state == RetryState.TIMEOUT:
             return True
         if isinstance(current, ApplicationError) and current.type == "DeadlineExceeded":
             return True

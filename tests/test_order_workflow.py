@@ -53,6 +53,8 @@ class FakeActivities:
     held at a gate, and dispatch can be made to fail."""
 
     dispatch_failures: str = "none"  # none | first_attempt | always | no_address
+    always_failing: str = ""
+    """A step whose every attempt fails with a retryable error."""
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     reached: dict[str, asyncio.Event] = field(default_factory=dict)
     calls: list[tuple[str, object]] = field(default_factory=list)
@@ -76,6 +78,8 @@ class FakeActivities:
         if name in self.gates:
             self.reached[name].set()
             await self.gates[name].wait()
+        if name == self.always_failing:
+            raise ApplicationError(f"{name}: service unavailable", type="ServiceUnavailable")
         return activity.info().attempt
 
     def all(self) -> list:
@@ -360,3 +364,17 @@ async def test_order_without_address_fails_and_refunds_by_the_deadline(time_skip
     assert any("no shipping address" in e.message for e in status.errors)
     assert status.payment.status == "refunded"
     assert timedelta(seconds=seconds_taken(status)) <= timedelta(seconds=15)
+
+
+async def test_a_step_failing_until_its_budget_runs_out_fails_the_order_as_deadline_exceeded(time_skipping, fakes):
+    """Temporal stops retrying when the next attempt would end past the step's budget; the
+    order's reason is the deadline, not the last attempt's own error."""
+    fakes.always_failing = "validate_order"
+    async with running_order(time_skipping, fakes) as handle:
+        await handle.signal(OrderWorkflow.approve)
+        status = await handle.result()
+    assert status.state == FAILED
+    assert status.reason == DEADLINE_EXCEEDED
+    assert "charge_payment" not in fakes.names()
+    assert fakes.names().count("validate_order") > 1
+    assert seconds_taken(status) <= 15

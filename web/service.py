@@ -162,12 +162,14 @@ async def _temporal_call(order_id: Optional[str] = None) -> AsyncIterator[None]:
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND and order_id is not None:
             raise OrderNotFound(order_id) from err
-        # RESOURCE_EXHAUSTED: the server sheds queries under load ("consistent query buffer is
-        # full"); like an outage, it passes, and the caller should try again shortly.
+        # Each of these passes and the caller should try again shortly: RESOURCE_EXHAUSTED is the
+        # server shedding queries under load ("consistent query buffer is full"); CANCELLED is a
+        # call cut at our rpc_timeout ("Timeout expired"), e.g. a query while no worker runs.
         if err.status in (
             RPCStatusCode.UNAVAILABLE,
             RPCStatusCode.DEADLINE_EXCEEDED,
             RPCStatusCode.RESOURCE_EXHAUSTED,
+            RPCStatusCode.CANCELLED,
         ):
             raise DependencyUnavailable(
                 "temporal", f"Temporal did not answer ({err.message}); try again later."
@@ -179,7 +181,15 @@ async def _temporal_call(order_id: Optional[str] = None) -> AsyncIterator[None]:
 async def _database_call() -> AsyncIterator[None]:
     try:
         yield
-    except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as err:
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        # "the database system is shutting down / starting up": a restart in progress.
+        asyncpg.exceptions.OperatorInterventionError,
+        asyncpg.exceptions.InternalClientError,
+    ) as err:
         raise DependencyUnavailable(
             "database", f"The database is unavailable ({err}); try again later."
         ) from err
