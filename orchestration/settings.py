@@ -119,6 +119,10 @@ class WebSettings:
     """Interface the web server binds (WEB_HOST)."""
     port: int = field(default_factory=lambda: _env_int("WEB_PORT", 8000))
     """Port of the board and JSON API (WEB_PORT)."""
+    secret_key: str = field(default_factory=lambda: _env_str("WEB_SECRET_KEY", ""))
+    """Signs CSRF tokens and operator cookies; empty: a random key per process (WEB_SECRET_KEY)."""
+    operator_token: str = field(default_factory=lambda: _env_str("OPERATOR_TOKEN", ""))
+    """Credential every state-changing request needs; empty: none needed (OPERATOR_TOKEN)."""
 
 
 @dataclass(frozen=True)

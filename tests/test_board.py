@@ -36,6 +36,7 @@ from tests.test_api import HOME, OFFICE, order_row, serving, workflow_exists
 from web.app import create_app
 from web.board_views import row_from_summary
 from web.schemas import ORDER_STATES
+from web.security import CSRF_HEADER
 from web.service import OrderSummary
 
 HTMX = {"HX-Request": "true"}
@@ -53,7 +54,25 @@ async def app(workers: Client) -> Litestar:
 @pytest_asyncio.fixture(scope="module")
 async def board(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     async with serving(app) as client:
+        await send_csrf_token(client)
         yield client
+
+
+def csrf_token_in(html: str) -> str:
+    """The CSRF token a page carries in its forms (and in <body hx-headers>)."""
+    match = re.search(r'name="_csrf_token" value="([^"]+)"', html)
+    assert match, html
+    return match.group(1)
+
+
+async def send_csrf_token(client: httpx.AsyncClient) -> str:
+    """Open the board as a browser would and send its CSRF token with every later request, as
+    the page's htmx does; the CSRF cookie stays in the client's jar."""
+    page = await client.get("/")
+    assert page.status_code == 200, page.text
+    token = csrf_token_in(page.text)
+    client.headers[CSRF_HEADER] = token
+    return token
 
 
 def new_order_id() -> str:

@@ -6,14 +6,26 @@ from typing import Annotated, Any, Optional
 
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_202_ACCEPTED,
+    HTTP_401_UNAUTHORIZED,
+    HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 
 from web.schemas import (
     DEFAULT_LIST_LIMIT,
     IDENTIFIER_PATTERN,
+    MAX_BODY_BYTES,
     MAX_LIST_LIMIT,
     CancelBody,
+    ErrorBody,
     OrderState,
     StartOrderBody,
     UpdateAddressBody,
@@ -32,12 +44,43 @@ OrderId = Annotated[
 Service = NamedDependency[OrderService]
 ACCEPTED = {"accepted": True}
 
+# The error answers each route documents in the OpenAPI schema; the body is always ErrorBody.
+ERROR_MEANINGS = {
+    HTTP_401_UNAUTHORIZED: "The server sets OPERATOR_TOKEN and the request lacks "
+    "`Authorization: Bearer <token>`, or the token is wrong.",
+    HTTP_404_NOT_FOUND: "There is no order with this id.",
+    HTTP_409_CONFLICT: "The order id or payment id is taken, or the order does not accept this "
+    "action in its current state.",
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE: f"The body is larger than {MAX_BODY_BYTES // 1024} KiB.",
+    HTTP_422_UNPROCESSABLE_ENTITY: "The path, query or body is invalid; `detail` names every "
+    "rejected field.",
+    HTTP_503_SERVICE_UNAVAILABLE: "Temporal or PostgreSQL did not answer; try again later.",
+}
+
+
+def errors(*status_codes: int) -> dict[int, ResponseSpec]:
+    return {
+        status_code: ResponseSpec(
+            data_container=ErrorBody,
+            description=ERROR_MEANINGS[status_code],
+            generate_examples=False,
+        )
+        for status_code in status_codes
+    }
+
+
+SIGNAL_ERRORS = errors(401, 404, 409, 413, 422, 503)
+
 
 class OrderController(Controller):
     path = "/orders"
     tags = ["orders"]
 
-    @post("/{order_id:str}/start", summary="Start an order's workflow")
+    @post(
+        "/{order_id:str}/start",
+        summary="Start an order's workflow",
+        responses=errors(401, 409, 413, 422, 503),
+    )
     async def start(
         self, order_service: Service, order_id: OrderId, data: JSONBody[StartOrderBody]
     ) -> dict[str, Any]:
@@ -59,13 +102,17 @@ class OrderController(Controller):
         "/{order_id:str}/signals/approve",
         status_code=HTTP_202_ACCEPTED,
         summary="Approve the order",
+        responses=SIGNAL_ERRORS,
     )
     async def approve(self, order_service: Service, order_id: OrderId) -> dict[str, bool]:
         await order_service.approve(order_id)
         return ACCEPTED
 
     @post(
-        "/{order_id:str}/signals/cancel", status_code=HTTP_202_ACCEPTED, summary="Cancel the order"
+        "/{order_id:str}/signals/cancel",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Cancel the order",
+        responses=SIGNAL_ERRORS,
     )
     async def cancel(
         self, order_service: Service, order_id: OrderId, data: JSONBody[Optional[CancelBody]] = None
@@ -77,6 +124,7 @@ class OrderController(Controller):
         "/{order_id:str}/signals/update-address",
         status_code=HTTP_202_ACCEPTED,
         summary="Change the shipping address",
+        responses=SIGNAL_ERRORS,
     )
     async def update_address(
         self, order_service: Service, order_id: OrderId, data: JSONBody[UpdateAddressBody]
@@ -84,11 +132,15 @@ class OrderController(Controller):
         await order_service.update_address(order_id, data.address.to_address())
         return ACCEPTED
 
-    @get("/{order_id:str}/status", summary="Workflow status with live retry counts")
+    @get(
+        "/{order_id:str}/status",
+        summary="Workflow status with live retry counts",
+        responses=errors(404, 422, 503),
+    )
     async def status(self, order_service: Service, order_id: OrderId) -> dict[str, Any]:
         return await order_service.order_status(order_id)
 
-    @get("/", summary="Recent orders, newest first")
+    @get("/", summary="Recent orders, newest first", responses=errors(422, 503))
     async def list_orders(
         self,
         order_service: Service,
@@ -99,7 +151,17 @@ class OrderController(Controller):
         return await order_service.list_orders(state_filter, limit)
 
 
-@get("/health", summary="Whether PostgreSQL and Temporal answer")
+@get(
+    "/health",
+    summary="Whether PostgreSQL and Temporal answer",
+    responses={
+        HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(
+            data_container=dict[str, Any],
+            description="A dependency does not answer; `components` says which, with its error.",
+            generate_examples=False,
+        )
+    },
+)
 async def health(order_service: Service) -> Response[dict[str, Any]]:
     components = await order_service.health()
     healthy = all(component["ok"] for component in components.values())

@@ -1,13 +1,14 @@
 """The Litestar application: `uvicorn web.app:app`.
 
-The operator board is at /, the JSON API under /orders, OpenAPI at /schema.
+The operator board is at /, the JSON API under /orders, OpenAPI at /schema. Who may change
+orders (CSRF, OPERATOR_TOKEN) is decided in web/security.py.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.di import Provide
 from litestar.plugins.htmx import HTMXPlugin
 from litestar.static_files import create_static_files_router
@@ -17,9 +18,10 @@ from orchestration.database import close_pool, open_pool
 from orchestration.logs import configure_logging
 from orchestration.settings import Settings, get_settings
 from web.api import OrderController, health
-from web.board import STATIC_DIR, BoardController, template_config
+from web.board import STATIC_DIR, BoardController, LoginController, template_config
 from web.errors import EXCEPTION_HANDLERS
-from web.schemas import MAX_BODY_BYTES
+from web.schemas import MAX_BODY_BYTES, ClosedStructSchemaPlugin
+from web.security import OperatorAccess, csrf_config, signing_key
 from web.service import OrderService, TemporalConnection
 
 
@@ -35,9 +37,12 @@ def create_app(
     apps, so no app may close it)."""
     settings = settings or get_settings()
     order_service = OrderService(settings, TemporalConnection(settings, temporal_client))
+    secret_key = signing_key(settings.web)
+    operator_access = OperatorAccess(token=settings.web.operator_token, secret_key=secret_key)
 
     async def start_up() -> None:
         configure_logging()
+        operator_access.warn_if_open()
         if manage_pool:
             await open_pool(settings.database)
 
@@ -48,16 +53,25 @@ def create_app(
     def provide_order_service() -> OrderService:
         return order_service
 
+    def provide_operator_access() -> OperatorAccess:
+        return operator_access
+
     return Litestar(
         route_handlers=[
-            OrderController,
+            # The guards let reads through and check the operator credential on the rest.
+            Router("/", route_handlers=[OrderController], guards=[operator_access.require_bearer]),
             health,
-            BoardController,
+            Router("/", route_handlers=[BoardController], guards=[operator_access.require_login]),
+            LoginController,
             create_static_files_router(path="/static", directories=[STATIC_DIR]),
         ],
         template_config=template_config(settings),
-        plugins=[HTMXPlugin()],
-        dependencies={"order_service": Provide(provide_order_service, sync_to_thread=False)},
+        csrf_config=csrf_config(secret_key),
+        plugins=[HTMXPlugin(), ClosedStructSchemaPlugin()],
+        dependencies={
+            "order_service": Provide(provide_order_service, sync_to_thread=False),
+            "operator_access": Provide(provide_operator_access, sync_to_thread=False),
+        },
         on_startup=[start_up],
         on_shutdown=[shut_down] if manage_pool else [],
         exception_handlers=EXCEPTION_HANDLERS,

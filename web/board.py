@@ -6,6 +6,9 @@ and stops when the fragment answers 286 (the order has ended); a poller fetches 
 yet; actions and the new-order form swap in the row they changed, with a refusal or a validation
 error shown on that row. Errors of htmx requests are retargeted to the page's alert area, so an
 error message never replaces a row.
+
+Every form and htmx request carries the CSRF token; with OPERATOR_TOKEN set, changing an order
+also needs the operator's login at /login (both are decided in web/security.py).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable, Literal, Optional
@@ -20,7 +24,9 @@ from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Controller, Request, Response, get, post
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException, PermissionDeniedException, ValidationException
 from litestar.params import QueryParameter, URLEncodedBody
 from litestar.plugins.htmx import HTMXRequest, HTMXTemplate
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -28,8 +34,11 @@ from litestar.response import Redirect, Template
 from litestar.status_codes import (
     HTTP_303_SEE_OTHER,
     HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
+    HTTP_403_FORBIDDEN,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -58,7 +67,8 @@ from web.forms import (
     cancel_from_form,
     new_order_from_form,
 )
-from web.schemas import DEFAULT_LIST_LIMIT
+from web.schemas import DEFAULT_LIST_LIMIT, MAX_BODY_BYTES
+from web.security import CSRF_HEADER, OPERATOR_COOKIE, OperatorAccess, OperatorLoginRequired
 from web.service import (
     ActionNotAllowed,
     DependencyUnavailable,
@@ -84,6 +94,7 @@ BoardFilter = Literal[tuple(BOARD_FILTERS)]  # type: ignore[valid-type]
 # `state` is a name Litestar reserves for the app state, hence the alias.
 FilterParameter = Annotated[BoardFilter, QueryParameter(name="state")]
 FormBody = URLEncodedBody[dict[str, str]]
+OperatorAccessDependency = NamedDependency[OperatorAccess]
 
 
 def _now() -> datetime:
@@ -117,6 +128,9 @@ def template_config(settings: Settings) -> TemplateConfig:
 
     environment.globals["workflow_url"] = workflow_url
     environment.globals["workflow_id_for"] = workflow_id_for
+    environment.globals["csrf_header"] = CSRF_HEADER
+    environment.globals["operator_login"] = bool(settings.web.operator_token)
+    environment.globals["operator_cookie"] = OPERATOR_COOKIE
     environment.filters["seconds"] = _seconds
     environment.filters["clock"] = _clock
     return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
@@ -278,20 +292,27 @@ async def _invalid(
     )
 
 
-def _error_page(request: Request, status_code: int, title: str, message: str) -> Response:
+@dataclass(frozen=True)
+class Link:
+    """Where an error message sends the operator next, e.g. to log in."""
+
+    href: str
+    text: str
+
+
+def _error_page(
+    request: Request, status_code: int, title: str, message: str, link: Optional[Link] = None
+) -> Response:
+    context = {"title": title, "message": message, "link": link}
     if isinstance(request, HTMXRequest) and request.htmx:
         return HTMXTemplate(
             template_name="_alert.html",
-            context={"title": title, "message": message},
+            context=context,
             status_code=status_code,
             re_target=ALERTS,
             re_swap="innerHTML",
         )
-    return Template(
-        template_name="error.html",
-        context={"title": title, "message": message},
-        status_code=status_code,
-    )
+    return Template(template_name="error.html", context=context, status_code=status_code)
 
 
 def _not_found(request: Request, exc: OrderNotFound) -> Response:
@@ -312,6 +333,32 @@ def _unavailable(request: Request, exc: DependencyUnavailable) -> Response:
     return _error_page(request, HTTP_503_SERVICE_UNAVAILABLE, "Temporarily unavailable", str(exc))
 
 
+def _csrf_refused(request: Request, _: PermissionDeniedException) -> Response:
+    # CSRF is the only check that answers 403; Litestar's own detail does not say what to do.
+    return _error_page(
+        request,
+        HTTP_403_FORBIDDEN,
+        "Request refused",
+        "The page's security token is missing or out of date (the server may have restarted); "
+        "nothing was done. Reload the page and try again.",
+    )
+
+
+def _login_required(request: Request, exc: OperatorLoginRequired) -> Response:
+    return _error_page(
+        request, HTTP_401_UNAUTHORIZED, "Log in required", exc.detail, Link("/login", "Log in")
+    )
+
+
+def _body_too_large(request: Request, _: HTTPException) -> Response:
+    return _error_page(
+        request,
+        HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        "Request too large",
+        f"The form is larger than the {MAX_BODY_BYTES // 1024} KiB allowed; nothing was done.",
+    )
+
+
 def _http_error(request: Request, exc: HTTPException) -> Response:
     return _error_page(request, exc.status_code, "Request failed", exc.detail)
 
@@ -327,7 +374,11 @@ def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 HTML_EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    # The app's JSON handler for 413 is keyed by status, which wins over exception classes.
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE: _body_too_large,
     ValidationException: _bad_request,
+    PermissionDeniedException: _csrf_refused,
+    OperatorLoginRequired: _login_required,
     HTTPException: _http_error,
     OrderNotFound: _not_found,
     DependencyUnavailable: _unavailable,
@@ -460,3 +511,48 @@ class BoardController(Controller):
         self, request: HTMXRequest, order_service: Service, order_id: OrderId
     ) -> Template:
         return await _order_page(order_service, order_id, fragment=bool(request.htmx))
+
+
+class LoginController(Controller):
+    """The operator login of the board, used when OPERATOR_TOKEN is set (see web/security.py)."""
+
+    include_in_schema = False
+    exception_handlers = HTML_EXCEPTION_HANDLERS
+
+    @get("/login")
+    async def login_page(self, operator_access: OperatorAccessDependency) -> Template:
+        return Template(
+            template_name="login.html", context={"required": operator_access.required}
+        )
+
+    @post("/login", status_code=HTTP_303_SEE_OTHER)
+    async def login(
+        self, request: Request, operator_access: OperatorAccessDependency, data: FormBody
+    ) -> Response:
+        token = data.get("token", "")
+        if operator_access.required and not operator_access.token_matches(token):
+            return Template(
+                template_name="login.html",
+                context={"required": True, "error": "That is not the operator token."},
+                status_code=HTTP_401_UNAUTHORIZED,
+            )
+        response = Redirect("/", status_code=HTTP_303_SEE_OTHER)
+        if operator_access.required:
+            response.set_cookie(
+                Cookie(
+                    key=OPERATOR_COOKIE,
+                    value=operator_access.cookie_value(),
+                    path="/",
+                    httponly=True,
+                    samesite="strict",
+                    # Over plain HTTP (the local default) a Secure cookie would never come back.
+                    secure=request.url.scheme == "https",
+                )
+            )
+        return response
+
+    @post("/logout", status_code=HTTP_303_SEE_OTHER)
+    async def logout(self) -> Redirect:
+        response = Redirect("/", status_code=HTTP_303_SEE_OTHER)
+        response.delete_cookie(OPERATOR_COOKIE, path="/")
+        return response

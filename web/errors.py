@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, Optional
 
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -33,11 +33,13 @@ from web.service import ActionNotAllowed, DependencyUnavailable, OrderConflict, 
 logger = logging.getLogger(__name__)
 
 
-def error_response(status_code: int, detail: str, extra: Any = None) -> Response:
+def error_response(
+    status_code: int, detail: str, extra: Any = None, headers: Optional[dict[str, str]] = None
+) -> Response:
     content: dict[str, Any] = {"status_code": status_code, "detail": detail}
     if extra:
         content["extra"] = extra
-    return Response(content=content, status_code=status_code)
+    return Response(content=content, status_code=status_code, headers=headers)
 
 
 # msgspec's messages, reworded; each template is filled with its pattern's groups.
@@ -127,7 +129,8 @@ def _body_too_large(_: Request, exc: HTTPException) -> Response:
 
 
 def _http_error(_: Request, exc: HTTPException) -> Response:
-    return error_response(exc.status_code, exc.detail, exc.extra)
+    # A 401 names the scheme it wants (WWW-Authenticate) in its headers.
+    return error_response(exc.status_code, exc.detail, exc.extra, exc.headers)
 
 
 def _not_found(_: Request, exc: OrderNotFound) -> Response:

@@ -7,9 +7,14 @@ is reported instead of silently ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import msgspec
+
+# Litestar's schema plugin for msgspec structs is not exported; ClosedStructSchemaPlugin extends it.
+from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
+from litestar.openapi.spec import Schema
+from litestar.typing import FieldDefinition
 
 from orchestration.models import (
     AWAITING_APPROVAL,
@@ -108,3 +113,25 @@ class CancelBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class UpdateAddressBody(msgspec.Struct, forbid_unknown_fields=True):
     address: AddressBody
+
+
+class ClosedStructSchemaPlugin(StructSchemaPlugin):
+    """Writes `additionalProperties: false` into the OpenAPI schema of a struct that rejects
+    unknown fields. Litestar's own plugin leaves it out, and the schema then promises that the
+    API accepts fields it answers with 422."""
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        if field_definition.type_.__struct_config__.forbid_unknown_fields:
+            schema.additional_properties = False
+        return schema
+
+
+class ErrorBody(msgspec.Struct):
+    """Every error answer of the JSON API (web/errors.py)."""
+
+    status_code: int
+    detail: str
+    """What went wrong, in plain words."""
+    extra: Optional[Union[list[Any], dict[str, Any]]] = None
+    """Litestar's per-field validation errors, when there are any."""
