@@ -3,9 +3,10 @@
 Retrying is Temporal's job (the workflows set retry policies); an activity makes one attempt.
 What an activity adds is the attempt's own deadline: flaky_call can hang for 300 s, and
 Temporal's start-to-close timeout does not stop the coroutine (the SDK cancels it only seconds
-later), so a hung call would hold a worker slot long after its attempt was written off. Each
-attempt is therefore cut off inside the worker after `attempt_timeout` seconds, well below the
-server-side start-to-close, which stays as a backstop for crashed workers.
+later), so a hung call would hold a worker slot long after its attempt was written off. A hung
+outside call is therefore cut off inside the worker after `attempt_timeout` seconds, well below
+the server-side start-to-close, which stays as a backstop for crashed workers. An outside call
+that returned is never cut off while its record is being written (see `_cut_off_if_hung`).
 """
 
 from __future__ import annotations
@@ -55,8 +56,7 @@ class OrderActivities:
         """Run one attempt within its deadline; returns the result and earlier attempts' errors."""
         info = activity.info()
         try:
-            async with asyncio.timeout(self.attempt_timeout):
-                result = await call()
+            result = await self._cut_off_if_hung(call)
         except TimeoutError:
             message = f"attempt timed out after {self.attempt_timeout:g}s"
             await self._record_failure(order_id, message, "timeout")
@@ -74,6 +74,21 @@ class OrderActivities:
             extra={"event": "attempt_succeeded", "order_id": order_id},
         )
         return result, errors
+
+    async def _cut_off_if_hung(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run the call, ending it after `attempt_timeout` while the outside call hangs.
+
+        flaky_call either returns or raises at once, or hangs for 300 s. Once it has returned,
+        its effect is real and the call is writing the record of it: that write is awaited, not
+        abandoned, so the cut-off only ever ends a hung outside call."""
+        with business.tracking_writes() as writes:
+            try:
+                async with asyncio.timeout(self.attempt_timeout):
+                    return await call()
+            except TimeoutError:
+                if not writes:
+                    raise
+                return await writes[-1]
 
     async def _record_failure(self, order_id: str, message: str, kind: str) -> None:
         info = activity.info()

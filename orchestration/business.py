@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Iterable, Optional, TypeVar
+from typing import Any, Awaitable, Iterable, Iterator, Optional, TypeVar
 
 from orchestration.database import transaction
 from orchestration.flaky import flaky_call
@@ -54,22 +56,39 @@ def _now() -> datetime:
 def _log_unobserved_failure(write: asyncio.Task) -> None:
     if not write.cancelled() and write.exception() is not None:
         logger.warning(
-            "database write failed after its attempt was cut off",
+            "database write failed after its attempt was cancelled",
             extra={"event": "write_failed", "error": repr(write.exception())},
         )
 
 
+_started_writes: ContextVar[Optional[list[asyncio.Task]]] = ContextVar("started_writes", default=None)
+
+
+@contextmanager
+def tracking_writes() -> Iterator[list[asyncio.Task]]:
+    """Collect the record writes that calls inside this block start (in this task)."""
+    writes: list[asyncio.Task] = []
+    token = _started_writes.set(writes)
+    try:
+        yield writes
+    finally:
+        _started_writes.reset(token)
+
+
 async def _record(write: Awaitable[T]) -> T:
     """Run the database write that records an outside effect to its end, even when the attempt
-    is cut off meanwhile.
+    is cancelled meanwhile.
 
-    The activity cancels an attempt at its deadline. Cancelled halfway through a transaction
-    (during BEGIN, COMMIT or ROLLBACK), Piccolo never returns the connection to the pool, and a
-    worker that leaks one connection per unlucky attempt stalls within minutes. Shielded, the
-    write finishes in milliseconds and releases its connection; the attempt still ends on time,
-    and its retry finds the write done (every write is idempotent)."""
+    Once flaky_call has returned, the effect is real and must be recorded: the activity's cut-off
+    is for a hung outside call, so it waits for this write (see `tracking_writes`) instead of
+    abandoning it. Shielding also keeps a cancellation from tearing a transaction halfway
+    (during BEGIN, COMMIT or ROLLBACK), where Piccolo would never return the connection to the
+    pool; every write is idempotent, so a retry after a lost result finds it done."""
     task = asyncio.ensure_future(write)
     task.add_done_callback(_log_unobserved_failure)
+    writes = _started_writes.get()
+    if writes is not None:
+        writes.append(task)
     return await asyncio.shield(task)
 
 
