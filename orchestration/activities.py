@@ -79,16 +79,20 @@ class OrderActivities:
         """Run the call, ending it after `attempt_timeout` while the outside call hangs.
 
         flaky_call either returns or raises at once, or hangs for 300 s. Once it has returned,
-        its effect is real and the call is writing the record of it: that write is awaited, not
-        abandoned, so the cut-off only ever ends a hung outside call."""
+        its effect is real and the call goes on to write the record of it: such a call is let
+        finish rather than abandoned, so the cut-off only ever ends a hung outside call."""
         with business.tracking_writes() as writes:
-            try:
-                async with asyncio.timeout(self.attempt_timeout):
-                    return await call()
-            except TimeoutError:
-                if not writes:
-                    raise
-                return await writes[-1]
+            attempt = asyncio.ensure_future(call())
+        try:
+            await asyncio.wait({attempt}, timeout=self.attempt_timeout)
+            if not attempt.done() and not writes:
+                attempt.cancel()
+                await asyncio.wait({attempt})
+                raise TimeoutError
+            return await attempt
+        finally:
+            # A no-op once it is done; ends a hung call when Temporal cancels this activity.
+            attempt.cancel()
 
     async def _record_failure(self, order_id: str, message: str, kind: str) -> None:
         info = activity.info()

@@ -20,7 +20,15 @@ from temporalio.testing import ActivityEnvironment
 from orchestration import business, flaky
 from orchestration.activities import ActivityCounter, OrderActivities
 from orchestration.database import connections_in_use
-from orchestration.models import CANCELLED, SHIPPED, Address, ChargePaymentInput, Item, OrderRef
+from orchestration.models import (
+    CANCELLED,
+    SHIPPED,
+    Address,
+    ChargePaymentInput,
+    Item,
+    OrderRef,
+    ShippingStepInput,
+)
 from orchestration.tables import Event, Order, Payment
 from tests.conftest import POSTGRES_PORT, migrate
 
@@ -180,6 +188,11 @@ async def test_a_cut_off_during_the_write_waits_for_it_and_loses_no_connection(
     payments = await Payment.select(Payment.status).where(Payment.order_id == order_id)
     assert payments == [{"status": "charged"}]
     assert (await events_of(order_id)).count("payment_charged") == 1
+    # A call that returns its own value after the write gives that value, not the write's.
+    prepared = await activity_environment(order_id).run(
+        activities.prepare_package, ShippingStepInput(order_id, 1, HOME)
+    )
+    assert prepared.detail == "Package ready"
     assert "attempt_failed" not in await events_of(order_id)
 
 

@@ -164,12 +164,14 @@ async def _temporal_call(order_id: Optional[str] = None) -> AsyncIterator[None]:
             raise OrderNotFound(order_id) from err
         # Each of these passes and the caller should try again shortly: RESOURCE_EXHAUSTED is the
         # server shedding queries under load ("consistent query buffer is full"); CANCELLED is a
-        # call cut at our rpc_timeout ("Timeout expired"), e.g. a query while no worker runs.
+        # call cut at our rpc_timeout ("Timeout expired"), e.g. a query while no worker runs;
+        # FAILED_PRECONDITION is a query while the workflow's task is failing and being retried.
         if err.status in (
             RPCStatusCode.UNAVAILABLE,
             RPCStatusCode.DEADLINE_EXCEEDED,
             RPCStatusCode.RESOURCE_EXHAUSTED,
             RPCStatusCode.CANCELLED,
+            RPCStatusCode.FAILED_PRECONDITION,
         ):
             raise DependencyUnavailable(
                 "temporal", f"Temporal did not answer ({err.message}); try again later."
