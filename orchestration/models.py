@@ -65,8 +65,9 @@ class OrderPolicy:
     """Kept free at the end of the deadline for refund and close-out."""
     review_timeout_seconds: float = 6.0
     """How long manual review waits for approval before the order is cancelled."""
-    retry_interval_seconds: float = 0.05
-    """Pause between attempts of a failed activity."""
+    retry_interval_seconds: float = 0.02
+    """Pause between attempts of a failed activity. flaky_call fails at once or hangs; waiting
+    longer before the next try buys nothing but latency (0.05 s cost 0.3 s per order)."""
     attempt_backstop_seconds: float = 2.0
     """Server-side start-to-close of one attempt: it only catches crashed or stuck workers,
     because the worker itself cuts a hung attempt off much sooner."""

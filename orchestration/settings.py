@@ -96,9 +96,10 @@ def order_policy_from_env() -> OrderPolicy:
 @dataclass(frozen=True)
 class WorkerSettings:
     attempt_timeout_seconds: float = field(
-        default_factory=lambda: _env_float("ACTIVITY_ATTEMPT_TIMEOUT_SECONDS", 0.1)
+        default_factory=lambda: _env_float("ACTIVITY_ATTEMPT_TIMEOUT_SECONDS", 0.03)
     )
-    """In-activity cut-off of one attempt; must stay well below ACTIVITY_BACKSTOP_SECONDS."""
+    """How long an outside call may hang before its attempt is cut off in the worker; must stay
+    well below ACTIVITY_BACKSTOP_SECONDS (ACTIVITY_ATTEMPT_TIMEOUT_SECONDS)."""
     max_concurrent_activities: int = field(
         default_factory=lambda: _env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 500)
     )
