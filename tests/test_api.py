@@ -28,6 +28,7 @@ from orchestration.models import TERMINAL_STATES
 from orchestration.settings import TemporalSettings, get_settings
 from orchestration.tables import Order, Payment
 from web.app import create_app
+from web.service import RUNNING_ORDERS_QUERY
 
 HOME = {"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
 OFFICE = {
@@ -292,6 +293,29 @@ async def test_payment_id_of_another_order_is_a_conflict(
     assert not await workflow_exists(workers, second_id)
     assert await order_row(second_id) is None
     await api.post(f"/orders/{first_id}/signals/cancel")
+
+
+async def test_a_start_beyond_the_in_flight_limit_is_refused_with_retry_after(
+    api: httpx.AsyncClient, workers: Client
+) -> None:
+    """With MAX_ORDERS_IN_FLIGHT=1 and one order of ours running, any new start is refused."""
+    running_id, refused_id = new_order_id(), new_order_id()
+    assert (
+        await api.post(f"/orders/{running_id}/start", json={"payment_id": f"pay-{running_id}"})
+    ).status_code == 201
+    settings = get_settings()
+    limited = dataclasses.replace(settings, web=dataclasses.replace(settings.web, max_orders_in_flight=1))
+    # The count comes from Temporal's visibility, which follows a start within moments.
+    while (await workers.count_workflows(RUNNING_ORDERS_QUERY)).count < 1:
+        await asyncio.sleep(0.05)
+    async with serving(create_app(temporal_client=workers, settings=limited, manage_pool=False)) as client:
+        refused = await client.post(f"/orders/{refused_id}/start", json={"payment_id": f"pay-{refused_id}"})
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert "orders are in flight" in refused.json()["detail"]
+    assert not await workflow_exists(workers, refused_id)
+    assert await order_row(refused_id) is None
+    await api.post(f"/orders/{running_id}/signals/cancel")
 
 
 @pytest.mark.parametrize(

@@ -146,7 +146,8 @@ def _unavailable(_: Request, exc: DependencyUnavailable) -> Response:
         "dependency unavailable",
         extra={"event": "dependency_unavailable", "component": exc.component, "error": str(exc)},
     )
-    return error_response(HTTP_503_SERVICE_UNAVAILABLE, str(exc))
+    headers = {"Retry-After": str(exc.retry_after_seconds)} if exc.retry_after_seconds else None
+    return error_response(HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers=headers)
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:

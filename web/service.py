@@ -73,9 +73,16 @@ class ActionNotAllowed(Exception):
 class DependencyUnavailable(Exception):
     """Temporal or PostgreSQL did not answer; the request may be retried later."""
 
-    def __init__(self, component: str, message: str) -> None:
+    def __init__(self, component: str, message: str, retry_after_seconds: Optional[int] = None) -> None:
         super().__init__(message)
         self.component = component
+        self.retry_after_seconds = retry_after_seconds
+
+
+# Orders end within 15 s, and at the limit about one ends every few hundred milliseconds, so a
+# refused start may try again almost at once.
+AT_CAPACITY_RETRY_AFTER_SECONDS = 1
+RUNNING_ORDERS_QUERY = "WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Running'"
 
 
 @dataclass
@@ -263,6 +270,7 @@ class OrderService:
         workflow_id = workflow_id_for(order_id)
         policy = self._settings.order_policy
         await self._check_unused(order_id, payment_id)
+        await self._check_capacity(client)
         try:
             async with _temporal_call():
                 handle = await client.start_workflow(
@@ -290,6 +298,24 @@ class OrderService:
             run_id=handle.result_run_id or "",
             deadline_seconds=policy.deadline_seconds,
         )
+
+    async def _check_capacity(self, client: Client) -> None:
+        """Refuse a new order while MAX_ORDERS_IN_FLIGHT run. Past what the machine can carry,
+        every order would be late; refusing the newest keeps the 15-second promise for the
+        ones already accepted. The count comes from Temporal, so it holds across web replicas;
+        starts racing each other may overshoot it by a few."""
+        limit = self._settings.web.max_orders_in_flight
+        if limit <= 0:
+            return
+        async with _temporal_call():
+            running = await client.count_workflows(RUNNING_ORDERS_QUERY, rpc_timeout=CALL_TIMEOUT)
+        if running.count >= limit:
+            raise DependencyUnavailable(
+                "capacity",
+                f"{running.count} orders are in flight, the most this system takes at once "
+                f"({limit}); try again in a moment.",
+                retry_after_seconds=AT_CAPACITY_RETRY_AFTER_SECONDS,
+            )
 
     async def _check_unused(self, order_id: str, payment_id: str) -> None:
         """Refuse a known order id or payment id. The workflow records both only once it has
