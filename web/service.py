@@ -83,6 +83,7 @@ class DependencyUnavailable(Exception):
 # refused start may try again almost at once.
 AT_CAPACITY_RETRY_AFTER_SECONDS = 1
 RUNNING_ORDERS_QUERY = "WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Running'"
+IN_FLIGHT_RECOUNT_SECONDS = 0.25
 
 
 @dataclass
@@ -258,6 +259,8 @@ class OrderService:
         self._settings = settings
         self._temporal = temporal
         self._final_summaries: OrderedDict[str, OrderSummary] = OrderedDict()
+        self._in_flight: tuple[float, int] = (-math.inf, 0)
+        """(monotonic time of the last count, running orders then plus starts since)."""
 
     async def _order_handle(self, order_id: str) -> WorkflowHandle[OrderWorkflow, OrderStatus]:
         client = await self._temporal.client()
@@ -269,8 +272,8 @@ class OrderService:
         client = await self._temporal.client()
         workflow_id = workflow_id_for(order_id)
         policy = self._settings.order_policy
-        await self._check_unused(order_id, payment_id)
         await self._check_capacity(client)
+        await self._check_unused(order_id, payment_id)
         try:
             async with _temporal_call():
                 handle = await client.start_workflow(
@@ -307,15 +310,28 @@ class OrderService:
         limit = self._settings.web.max_orders_in_flight
         if limit <= 0:
             return
-        async with _temporal_call():
-            running = await client.count_workflows(RUNNING_ORDERS_QUERY, rpc_timeout=CALL_TIMEOUT)
-        if running.count >= limit:
+        running = await self._orders_in_flight(client)
+        if running >= limit:
             raise DependencyUnavailable(
                 "capacity",
-                f"{running.count} orders are in flight, the most this system takes at once "
+                f"{running} orders are in flight, the most this system takes at once "
                 f"({limit}); try again in a moment.",
                 retry_after_seconds=AT_CAPACITY_RETRY_AFTER_SECONDS,
             )
+        self._in_flight = (self._in_flight[0], running + 1)
+
+    async def _orders_in_flight(self, client: Client) -> int:
+        """Running orders, counted by Temporal at most every IN_FLIGHT_RECOUNT_SECONDS; in
+        between, the last count plus the starts this process accepted since. At capacity every
+        waiting client retries each second, and a count per request would add load just when
+        there is least room for it."""
+        counted_at, count = self._in_flight
+        if time.monotonic() - counted_at < IN_FLIGHT_RECOUNT_SECONDS:
+            return count
+        async with _temporal_call():
+            running = await client.count_workflows(RUNNING_ORDERS_QUERY, rpc_timeout=CALL_TIMEOUT)
+        self._in_flight = (time.monotonic(), running.count)
+        return running.count
 
     async def _check_unused(self, order_id: str, payment_id: str) -> None:
         """Refuse a known order id or payment id. The workflow records both only once it has
