@@ -108,6 +108,14 @@ class WorkerSettings:
         default_factory=lambda: _env_int("WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", 100)
     )
     """Workflow task slots per worker (WORKER_MAX_CONCURRENT_WORKFLOW_TASKS)."""
+    activity_task_pollers: int = field(
+        default_factory=lambda: _env_int("WORKER_ACTIVITY_TASK_POLLERS", 5)
+    )
+    """Concurrent activity task polls per worker (WORKER_ACTIVITY_TASK_POLLERS)."""
+    workflow_task_pollers: int = field(
+        default_factory=lambda: _env_int("WORKER_WORKFLOW_TASK_POLLERS", 5)
+    )
+    """Concurrent workflow task polls per worker (WORKER_WORKFLOW_TASK_POLLERS)."""
     metrics_port: int = field(default_factory=lambda: _env_int("WORKER_METRICS_PORT", 0))
     """Port of the worker's Prometheus /metrics; 0 serves none (WORKER_METRICS_PORT)."""
     metrics_host: str = field(default_factory=lambda: _env_str("WORKER_METRICS_HOST", "127.0.0.1"))

@@ -32,6 +32,8 @@ def build_worker(
         # under load while hung attempts wait for their cut-off.
         max_concurrent_activities=settings.worker.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.worker.max_concurrent_workflow_tasks,
+        max_concurrent_activity_task_polls=settings.worker.activity_task_pollers,
+        max_concurrent_workflow_task_polls=settings.worker.workflow_task_pollers,
         # On SIGTERM, give running attempts (each well under a second) time to finish.
         graceful_shutdown_timeout=timedelta(seconds=settings.order_policy.attempt_backstop_seconds),
     )
