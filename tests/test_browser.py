@@ -11,7 +11,6 @@ installed (scripts/test installs it); without it these tests fail rather than sk
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from pathlib import Path
 from typing import AsyncIterator
@@ -23,6 +22,7 @@ import uvicorn
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 from temporalio.client import Client
 
+from tests.conftest import free_port
 from tests.test_api import HOME, OFFICE, order_row
 from web.app import create_app
 
@@ -43,17 +43,12 @@ STATES_SCREENSHOT = ARTIFACTS / "board-states.png"
 ORDER_END_MS = 17_000
 STEP_MS = 8_000
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest_asyncio.fixture(scope="module")
 async def base_url(workers: Client) -> AsyncIterator[str]:
     # The database fixture owns the shared pool; the app must not close it.
     app = create_app(temporal_client=workers, manage_pool=False)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     while not server.started:
