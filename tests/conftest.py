@@ -6,13 +6,16 @@ engine when the tables are first imported.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import AsyncIterator
 
 
 def free_port() -> int:
@@ -117,6 +120,24 @@ async def workers(dev_server, database, activity_counter):
     )
     async with order_worker, shipping_worker:
         yield dev_server.client
+
+
+@asynccontextmanager
+async def served_over_http(app) -> AsyncIterator[str]:
+    """The ASGI app served by uvicorn on a free port in this event loop; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not serving.done(), "uvicorn did not start"
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
 
 
 @pytest.fixture

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import httpx
-import pytest
 import pytest_asyncio
-import uvicorn
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 from temporalio.client import Client
 
-from tests.conftest import free_port
+from tests.conftest import served_over_http
 from tests.test_api import HOME, OFFICE, order_row
 from web.app import create_app
 
@@ -47,16 +45,8 @@ STEP_MS = 8_000
 @pytest_asyncio.fixture(scope="module")
 async def base_url(workers: Client) -> AsyncIterator[str]:
     # The database fixture owns the shared pool; the app must not close it.
-    app = create_app(temporal_client=workers, manage_pool=False)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not serving.done(), "uvicorn did not start"
-        await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await serving
+    async with served_over_http(create_app(temporal_client=workers, manage_pool=False)) as url:
+        yield url
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -25,7 +24,6 @@ import pytest
 import pytest_asyncio
 import requests
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase
 from schemathesis import GenerationMode
 from schemathesis.core.failures import Failure, FailureGroup
@@ -40,6 +38,7 @@ from schemathesis.checks import (
 )
 from temporalio.client import Client
 
+from tests.conftest import served_over_http
 from web.app import create_app
 
 # schemathesis's own strategies use `random`, which Hypothesis warns about on every run.
@@ -59,25 +58,12 @@ MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 REQUEST_TIMEOUT_SECONDS = 30
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest_asyncio.fixture(scope="module")
 async def base_url(workers: Client) -> AsyncIterator[str]:
     # The database fixture owns the shared pool; the app must not close it.
-    app = create_app(temporal_client=workers, manage_pool=False)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not serving.done(), "uvicorn did not start"
-        await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await serving
+    async with served_over_http(create_app(temporal_client=workers, manage_pool=False)) as url:
+        yield url
 
 
 @dataclass
