@@ -26,6 +26,9 @@ def free_port() -> int:
 
 POSTGRES_PORT = free_port()
 os.environ["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{POSTGRES_PORT}/orders_test"
+# Tests start orders from many modules at once (fuzzing alone starts dozens); the admission
+# limit would turn unrelated tests' starts into 503s. The limit has its own test, with its own app.
+os.environ["MAX_ORDERS_IN_FLIGHT"] = "0"
 
 import pytest  # noqa: E402
 import pytest_asyncio  # noqa: E402
