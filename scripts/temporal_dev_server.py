@@ -55,6 +55,8 @@ def main() -> None:
         "--port", str(args.port),
         "--ui-port", str(args.ui_port),
         "--log-level", "warn",
+        # One JSON object per line, like the app's own processes.
+        "--log-format", "json",
         *dynamic_config_args(),
     ]
     os.execv(command[0], command)
