@@ -37,6 +37,7 @@ from orchestration.settings import Settings
 from orchestration.shipping_workflow import ShippingWorkflow
 from orchestration.temporal_client import connect_options
 from orchestration.tables import Event, Order, Payment
+from web.summary_cache import RefreshingCache
 
 # A web request waits this long for one dependency call; beyond that it answers 503 instead of
 # keeping the caller (and a server slot) waiting.
@@ -49,6 +50,14 @@ WEB_RETRY_CONFIG = RetryConfig(max_retries=2, max_elapsed_time_millis=2000)
 # A closed order's summary never changes; this many are kept so that a board asks Temporal about
 # a finished order once, not on every page view.
 FINAL_SUMMARIES_KEPT = 2000
+# A board row shows the status Temporal gave at most this long ago, refreshed behind the
+# requests once older than LIVE_SUMMARY_REFRESH_SECONDS (see web/summary_cache.py); rows poll
+# every second, so what a row shows is about a second old, whatever the load.
+LIVE_SUMMARY_REFRESH_SECONDS = 0.5
+LIVE_SUMMARY_MAX_AGE_SECONDS = 5.0
+LIVE_SUMMARIES_KEPT = 2000
+# Background refreshes asked of Temporal at once; rows wait for their turn rather than flood it.
+LIVE_SUMMARY_REFRESHES = 16
 # One page of the board asks Temporal about this many orders at a time, so that a page full of
 # orders in flight does not flood the server.
 SUMMARY_CONCURRENCY = 8
@@ -259,6 +268,13 @@ class OrderService:
         self._settings = settings
         self._temporal = temporal
         self._final_summaries: OrderedDict[str, OrderSummary] = OrderedDict()
+        self._live_summaries: RefreshingCache[str, OrderSummary] = RefreshingCache(
+            self._load_summary,
+            refresh_after=LIVE_SUMMARY_REFRESH_SECONDS,
+            max_age=LIVE_SUMMARY_MAX_AGE_SECONDS,
+            max_entries=LIVE_SUMMARIES_KEPT,
+            max_concurrent_refreshes=LIVE_SUMMARY_REFRESHES,
+        )
         self._in_flight: tuple[float, int] = (-math.inf, 0)
         """(monotonic time of the last count, running orders then plus starts since)."""
 
@@ -361,7 +377,13 @@ class OrderService:
     async def _require_allowed(self, order_id: str, action: str, description: str) -> None:
         """Refuse an action the order does not accept now, saying why. The workflow checks again
         when the signal arrives, and records a refusal if the order moved on meanwhile."""
-        status = await self.current_status(order_id)
+        try:
+            status = await self.current_status(order_id)
+        except DependencyUnavailable:
+            # A query can fail while the signal would not: a workflow that has not run its
+            # first task yet holds a single query ("consistent query buffer is full"). The
+            # workflow's own check then decides, and a refusal is recorded where it applies.
+            return
         if action in status.allowed_actions:
             return
         if action == "approve" and status.approved:
@@ -396,11 +418,14 @@ class OrderService:
                 OrderWorkflow.update_address, AddressUpdate(address), rpc_timeout=CALL_TIMEOUT
             )
 
-    async def order_status(self, order_id: str) -> dict[str, Any]:
+    async def order_status(self, order_id: str, wait_seconds: float = 0) -> dict[str, Any]:
         """The workflow's own status plus what the server knows live: pending activities with
-        their retry attempts, for the order and for its running shipping child."""
+        their retry attempts, for the order and for its running shipping child. With
+        `wait_seconds`, first wait that long at most for the order to end."""
         handle = await self._order_handle(order_id)
         async with _temporal_call(order_id):
+            if wait_seconds > 0:
+                await self._wait_for_end(handle, wait_seconds)
             description = await handle.describe(rpc_timeout=CALL_TIMEOUT)
             if description.status == WorkflowExecutionStatus.COMPLETED:
                 # The result is the final status; no worker needs to replay the workflow for it.
@@ -416,6 +441,19 @@ class OrderService:
             )
         return result
 
+    @staticmethod
+    async def _wait_for_end(
+        handle: WorkflowHandle[OrderWorkflow, OrderStatus], wait_seconds: float
+    ) -> None:
+        """Wait until the workflow closes or the time is up. The server holds one long poll for
+        the close event, so a waiting script costs neither it nor the workers anything."""
+        try:
+            await asyncio.wait_for(handle.result(), wait_seconds)
+        except (asyncio.TimeoutError, WorkflowFailureError):
+            # Still running, or closed without a result (terminated): the caller gets the
+            # status as it is.
+            pass
+
     async def _shipping_status(self, workflow_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         client = await self._temporal.client()
         handle = client.get_workflow_handle_for(ShippingWorkflow.run, workflow_id)
@@ -426,15 +464,28 @@ class OrderService:
             )
         return _execution(description), dataclasses.asdict(status)
 
-    async def order_summary(self, order_id: str) -> OrderSummary:
-        """The status of one order for a board row: one query and one describe, sent together.
+    async def order_summary(self, order_id: str, *, fresh: bool = False) -> OrderSummary:
+        """The status of one order for a board row.
 
-        Once the workflow has closed, its result is the final status (no worker has to replay the
-        history to answer a query); that summary is kept, so a finished order costs Temporal
-        nothing afterwards."""
+        An open order's summary comes from the live cache: at most LIVE_SUMMARY_MAX_AGE_SECONDS
+        old, usually about one row poll, unless `fresh` (after an operator action the row must
+        show its effect). Once the workflow has closed its summary is final and kept, so a
+        finished order costs Temporal nothing afterwards."""
         if (final := self._final_summaries.get(order_id)) is not None:
             self._final_summaries.move_to_end(order_id)
             return final
+        return await self._live_summaries.get(order_id, fresh=fresh)
+
+    def summary_age(self, order_id: str) -> Optional[float]:
+        """Seconds since the live summary of an open order was asked of Temporal; 0 for a
+        closed order (its summary is final); None when none is kept."""
+        if order_id in self._final_summaries:
+            return 0.0
+        return self._live_summaries.age(order_id)
+
+    async def _load_summary(self, order_id: str) -> OrderSummary:
+        """One query and one describe, sent together; the workflow's result once it closed
+        (no worker has to replay the history to answer a query)."""
         handle = await self._order_handle(order_id)
         async with _temporal_call(order_id):
             description, status = await asyncio.gather(
