@@ -234,6 +234,43 @@ async def test_address_updated_before_approval_is_used(lifecycles: dict[str, Lif
     assert (await order_row(life.order_id))["address_json"] == office
 
 
+async def test_status_waits_for_the_order_to_end(api: httpx.AsyncClient) -> None:
+    """One status request with `wait` follows an order to its end, instead of polling."""
+    order_id = new_order_id()
+    start = await api.post(f"/orders/{order_id}/start", json={"payment_id": f"pay-{order_id}"})
+    assert start.status_code == 201, start.text
+    assert (await api.post(f"/orders/{order_id}/signals/approve")).status_code == 202
+    response = await api.get(f"/orders/{order_id}/status", params={"wait": 30})
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] in TERMINAL_STATES
+    assert response.json()["finished_at"] is not None
+
+
+async def test_status_wait_answers_the_current_status_when_time_is_up(
+    api: httpx.AsyncClient,
+) -> None:
+    order_id = new_order_id()
+    start = await api.post(f"/orders/{order_id}/start", json={"payment_id": f"pay-{order_id}"})
+    assert start.status_code == 201, start.text
+    began = time.monotonic()
+    response = await api.get(f"/orders/{order_id}/status", params={"wait": 0.5})
+    waited = time.monotonic() - began
+    assert response.status_code == 200, response.text
+    # Not approved, so it waits for review (for seconds), and the answer comes when time is up.
+    assert response.json()["state"] not in TERMINAL_STATES
+    assert waited >= 0.5
+    await api.post(f"/orders/{order_id}/signals/cancel", json={"reason": "test over"})
+
+
+@pytest.mark.parametrize("wait", ["-1", "31", "soon"])
+async def test_status_wait_out_of_range_is_rejected(
+    api: httpx.AsyncClient, order_id: str, wait: str
+) -> None:
+    response = await api.get(f"/orders/{order_id}/status", params={"wait": wait})
+    assert response.status_code == 422, response.text
+    assert "wait" in response.text
+
+
 async def test_list_orders_by_state(
     api: httpx.AsyncClient, lifecycles: dict[str, Lifecycle]
 ) -> None:

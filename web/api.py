@@ -24,6 +24,7 @@ from web.schemas import (
     IDENTIFIER_PATTERN,
     MAX_BODY_BYTES,
     MAX_LIST_LIMIT,
+    MAX_STATUS_WAIT_SECONDS,
     CancelBody,
     ErrorBody,
     OrderState,
@@ -137,8 +138,22 @@ class OrderController(Controller):
         summary="Workflow status with live retry counts",
         responses=errors(404, 422, 503),
     )
-    async def status(self, order_service: Service, order_id: OrderId) -> dict[str, Any]:
-        return await order_service.order_status(order_id)
+    async def status(
+        self,
+        order_service: Service,
+        order_id: OrderId,
+        wait: Annotated[
+            float,
+            QueryParameter(
+                ge=0,
+                le=MAX_STATUS_WAIT_SECONDS,
+                description="Seconds to wait for the order to end before answering; the answer "
+                "comes as soon as it has ended, or with the current status when the time is up. "
+                "Lets a script follow an order with one request instead of polling.",
+            ),
+        ] = 0,
+    ) -> dict[str, Any]:
+        return await order_service.order_status(order_id, wait_seconds=wait)
 
     @get("/", summary="Recent orders, newest first", responses=errors(422, 503))
     async def list_orders(

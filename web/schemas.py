@@ -65,6 +65,8 @@ OrderState = Literal[ORDER_STATES]  # type: ignore[valid-type]
 
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 200
+# A status request may wait this long for its order to end (every order ends within 15 s).
+MAX_STATUS_WAIT_SECONDS = 30
 MAX_BODY_BYTES = 64 * 1024
 
 
