@@ -9,18 +9,20 @@ Usage (with the system up, e.g. `scripts/start`, and `pip install -e '.[bench]'`
 
 It does what a script user would: keeps C orders in flight out of N, each started with
 POST /orders/{id}/start, approved at once (or after --approve-delay) with
-POST /orders/{id}/signals/approve, and polled with GET /orders/{id}/status until it is shipped,
-cancelled or failed. The real flaky_call runs as it is: nothing is patched or seeded.
+POST /orders/{id}/signals/approve, and followed with GET /orders/{id}/status?wait=S (the server
+answers as soon as the order has ended, or after S seconds with its current status, and then it
+is asked again) until it is shipped, cancelled or failed. The real flaky_call runs as it is:
+nothing is patched or seeded.
 
 Reported: latency start -> terminal from the workflow's own started_at/finished_at (the
-promise) and as the client saw it (start request sent -> terminal status read, so it includes up
-to one poll interval), p50/p90/p99/max; the share terminal within each order's deadline;
-failed and cancelled orders with their reasons; orders per second; the CPU seconds each server
+promise) and as the client saw it (start request sent -> terminal status read),
+p50/p90/p99/max; the share terminal within each order's deadline; failed and cancelled orders with their reasons; orders per second; the CPU seconds each server
 process used during the run (found in /proc by command line, among the processes whose working
 directory is inside --processes-under); the activity coroutines still running in the workers
 right after the run and --settle-seconds later, with the activity attempts by outcome (from the
 workers' /metrics); and the latency of the board's row fragment GET /board/orders/{id}/row
-while orders are in flight (GET /orders/{id}/status instead when the board has no such route).
+while orders are in flight, each polled once a second as the board does (GET /orders/{id}/status
+instead when the board has no such route), and how old the status each row showed was.
 Each figure is printed beside its target. Progress goes to stderr once a second.
 
 Exit status: 0; 1 with --fail-over-seconds S when an order failed, or did not end within S
@@ -34,7 +36,6 @@ import asyncio
 import json
 import math
 import os
-import random
 import resource
 import sys
 import time
@@ -55,6 +56,12 @@ TERMINAL_STATES = (SHIPPED, CANCELLED, FAILED)
 PROMISE_SECONDS = 15.0
 ADDRESS = {"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+STATUS_AGE_HEADER = "X-Status-Age"
+# A row answers 200, or 286 (htmx: stop polling) once its order has ended.
+ROW_ANSWERED = (200, 286)
+# After a failed status request (e.g. 503 while the system is overloaded), wait before the next.
+ERROR_PAUSE_SECONDS = 0.25
+APPROVE_TRIES = 8
 
 # Which server process a command line belongs to; the first match wins.
 PROCESS_KINDS: list[tuple[str, Callable[[list[str]], bool]]] = [
@@ -86,8 +93,8 @@ class OrderRecord:
     """finished_at - started_at, as the workflow recorded them: the promise."""
     client_seconds: Optional[float] = None
     """Start request sent -> terminal status read."""
-    status_polls: int = 0
-    poll_errors: int = 0
+    status_requests: int = 0
+    status_errors: int = 0
     capacity_refusals: int = 0
     """Starts answered 503 with Retry-After (the system at MAX_ORDERS_IN_FLIGHT), then retried."""
     error: str = ""
@@ -102,6 +109,8 @@ class RowSample:
     seconds: float
     http_status: int
     in_flight: int
+    status_age: Optional[float] = None
+    """How old the status the row showed was (the board's X-Status-Age header), seconds."""
 
 
 @dataclass
@@ -165,10 +174,14 @@ async def run_order(
     try:
         if args.approve_delay:
             await asyncio.sleep(args.approve_delay)
-        record.approve_http_status = (
-            await client.post(f"/orders/{record.order_id}/signals/approve")
-        ).status_code
-        await poll_until_terminal(client, record, args, sent_at)
+        for _ in range(APPROVE_TRIES):
+            response = await client.post(f"/orders/{record.order_id}/signals/approve")
+            record.approve_http_status = response.status_code
+            # 503 means "try again shortly", and a script does.
+            if response.status_code != 503:
+                break
+            await asyncio.sleep(ERROR_PAUSE_SECONDS)
+        await follow_until_terminal(client, record, args, sent_at)
     finally:
         del progress.in_flight[record.order_id]
     progress.states[record.state] += 1
@@ -178,22 +191,27 @@ async def run_order(
         progress.over_deadline += 1
 
 
-async def poll_until_terminal(
+async def follow_until_terminal(
     client: httpx.AsyncClient, record: OrderRecord, args: argparse.Namespace, sent_at: float
 ) -> None:
     give_up_at = sent_at + args.order_timeout
     while time.monotonic() < give_up_at:
-        await asyncio.sleep(args.poll_interval)
-        record.status_polls += 1
+        record.status_requests += 1
         try:
-            response = await client.get(f"/orders/{record.order_id}/status")
+            response = await client.get(
+                f"/orders/{record.order_id}/status",
+                params={"wait": args.wait_seconds},
+                timeout=args.wait_seconds + 30,
+            )
         except httpx.HTTPError as err:
-            record.poll_errors += 1
+            record.status_errors += 1
             record.error = f"{type(err).__name__}: {err}"
+            await asyncio.sleep(ERROR_PAUSE_SECONDS)
             continue
         if response.status_code != 200:
-            record.poll_errors += 1
+            record.status_errors += 1
             record.error = f"status {response.status_code}: {response.text[:200]}"
+            await asyncio.sleep(ERROR_PAUSE_SECONDS)
             continue
         status = response.json()
         record.state = status["state"]
@@ -206,7 +224,7 @@ async def poll_until_terminal(
                 datetime.fromisoformat(status["finished_at"]) - datetime.fromisoformat(status["started_at"])
             ).total_seconds()
             return
-    record.error = record.error or f"not terminal after {args.order_timeout:g} s of polling"
+    record.error = record.error or f"not terminal after {args.order_timeout:g} s"
 
 
 async def run_orders(
@@ -227,11 +245,12 @@ async def run_orders(
 # Board row fragment.
 
 
-async def sample_row_fragment(
+async def watch_board_rows(
     client: httpx.AsyncClient, progress: Progress, samples: list[RowSample], board: dict[str, Any],
     interval: float,
 ) -> None:
-    """Time one row fragment of a random in-flight order every `interval` seconds.
+    """Poll the row fragment of every order in flight every `interval` seconds, as the board
+    page does for each row it shows, and time each answer.
 
     Which route to time is decided on the first order that ended (its row surely exists): a 404
     there means the board has no row route, and the order status is timed instead."""
@@ -243,14 +262,42 @@ async def sample_row_fragment(
         board["note"] = "GET /board/orders/{id}/row answered 404: timed GET /orders/{id}/status instead"
     else:
         board["route"] = "/board/orders/{order_id}/row"
-    while True:
-        if progress.in_flight:
-            order_id = random.choice(list(progress.in_flight))
-            in_flight = len(progress.in_flight)
+    watched: dict[str, asyncio.Task[None]] = {}
+
+    async def watch(order_id: str) -> None:
+        # On the board a new order's row first comes with the new-rows fragment, which asks
+        # Temporal for it; the row then polls. That first answer stands for the fragment and
+        # is not timed.
+        route = board["route"].format(order_id=order_id)
+        try:
+            await client.get(route)
+        except httpx.HTTPError:
+            pass
+        while True:
+            await asyncio.sleep(interval)
+            if order_id not in progress.in_flight:
+                return
             began = time.perf_counter()
-            response = await client.get(board["route"].format(order_id=order_id))
-            samples.append(RowSample(time.perf_counter() - began, response.status_code, in_flight))
-        await asyncio.sleep(interval)
+            try:
+                response = await client.get(route)
+            except httpx.HTTPError:
+                samples.append(RowSample(time.perf_counter() - began, 0, len(progress.in_flight)))
+                continue
+            age = response.headers.get(STATUS_AGE_HEADER)
+            samples.append(RowSample(
+                time.perf_counter() - began, response.status_code, len(progress.in_flight),
+                None if age is None else float(age),
+            ))
+
+    try:
+        while True:
+            for order_id in list(progress.in_flight):
+                if order_id not in watched:
+                    watched[order_id] = asyncio.create_task(watch(order_id))
+            await asyncio.sleep(0.05)
+    finally:
+        for task in watched.values():
+            task.cancel()
 
 
 # Processes and worker metrics.
@@ -397,7 +444,8 @@ def summarise(
     client_times = [r.client_seconds for r in records if r.client_seconds is not None]
     terminal = [r for r in records if r.terminal]
     within = [r for r in terminal if r.workflow_seconds is not None and r.workflow_seconds <= r.deadline_seconds]
-    row_ms = [s.seconds * 1000 for s in row_samples if s.http_status == 200]
+    row_ms = [s.seconds * 1000 for s in row_samples if s.http_status in ROW_ANSWERED]
+    row_ages = [s.status_age for s in row_samples if s.status_age is not None]
     workflow, client = latency_summary(workflow_times), latency_summary(client_times)
     return {
         "orders": len(records),
@@ -413,14 +461,16 @@ def summarise(
         "workflow_p50_s": workflow["p50"],
         "workflow_p99_s": workflow["p99"],
         "wall_seconds": wall_seconds,
-        "status_polls": sum(r.status_polls for r in records),
-        "status_poll_errors": sum(r.poll_errors for r in records),
+        "status_requests": sum(r.status_requests for r in records),
+        "status_errors": sum(r.status_errors for r in records),
         "capacity_refusals": sum(r.capacity_refusals for r in records),
         "orders_per_second": len(terminal) / wall_seconds if wall_seconds else None,
         "row_samples": len(row_samples),
-        "row_errors": sum(s.http_status != 200 for s in row_samples),
+        "row_errors": sum(s.http_status not in ROW_ANSWERED for s in row_samples),
         "row_p50_ms": percentile(row_ms, 0.50),
         "row_p95_ms": percentile(row_ms, 0.95),
+        "row_status_age_p50_s": percentile(row_ages, 0.50),
+        "row_status_age_p95_s": percentile(row_ages, 0.95),
         "row_mean_in_flight": (
             sum(s.in_flight for s in row_samples) / len(row_samples) if row_samples else None
         ),
@@ -445,12 +495,10 @@ def report(
         ("latency workflow p50/p90/p99/max s",
          " / ".join(fmt(workflow[k]) for k in ("p50", "p90", "p99", "max"))),
         ("latency client p50/p90/p99/max s",
-         " / ".join(fmt(client[k]) for k in ("p50", "p90", "p99", "max"))
-         + f"  (polled every {args.poll_interval:g} s)"),
+         " / ".join(fmt(client[k]) for k in ("p50", "p90", "p99", "max"))),
         ("wall time s", fmt(wall)),
-        ("status polls (per s) / errors",
-         f"{summary['status_polls']} ({fmt(summary['status_polls'] / wall if wall else None, 1)})"
-         f" / {summary['status_poll_errors']}"),
+        (f"status requests (wait={args.wait_seconds:g} s) / errors",
+         f"{summary['status_requests']} / {summary['status_errors']}"),
         ("throughput orders/s", fmt(summary["orders_per_second"])),
         ("starts refused at capacity, retried", str(summary["capacity_refusals"])),
         ("activity attempts by outcome",
@@ -460,8 +508,10 @@ def report(
          f"  ({args.settle_seconds:g} s later)"),
         (f"row fragment p50/p95 ms ({board.get('route', 'not measured')})",
          f"{fmt(summary['row_p50_ms'], 1)} / {fmt(summary['row_p95_ms'], 1)}"
-         f"  ({summary['row_samples']} samples, {summary['row_errors']} non-200,"
+         f"  ({summary['row_samples']} samples, {summary['row_errors']} errors,"
          f" mean {fmt(summary['row_mean_in_flight'], 1)} in flight)"),
+        ("row status age p50/p95 s (how old the shown status was)",
+         f"{fmt(summary['row_status_age_p50_s'])} / {fmt(summary['row_status_age_p95_s'])}"),
         *[(f"CPU s {kind}", f"{seconds:.1f} ({100 * seconds / wall:.0f} % of a core)" if wall else f"{seconds:.1f}")
           for kind, seconds in cpu.items()],
     ]
@@ -498,7 +548,7 @@ def plot_histogram(records: list[OrderRecord], summary: dict[str, Any], args: ar
     figure, axes = pyplot.subplots(figsize=(12, 4.5))
     axes.hist(workflow, bins=bins, color="tab:blue", alpha=0.75, label="workflow started_at → finished_at")
     axes.hist(client, bins=bins, histtype="step", color="tab:orange", linewidth=1.5,
-              label=f"client: start request → terminal status (poll {args.poll_interval:g} s)")
+              label="client: start request → terminal status")
     axes.axvline(PROMISE_SECONDS, color="red", linestyle="--", linewidth=2, label="15-s promise")
     for name, style in (("p50", ":"), ("p99", "-.")):
         value = summary["workflow_latency_s"][name]
@@ -555,7 +605,7 @@ async def benchmark(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         helpers = [
             asyncio.create_task(report_progress(progress, began)),
-            asyncio.create_task(sample_row_fragment(client, progress, row_samples, board, args.row_interval)),
+            asyncio.create_task(watch_board_rows(client, progress, row_samples, board, args.row_interval)),
         ]
         try:
             await run_orders(client, records, args, progress)
@@ -617,13 +667,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("-c", "--concurrency", type=int, default=1, help="orders in flight at once (default 1)")
     parser.add_argument("--approve-delay", type=float, default=0.0,
                         help="seconds between an order's start and its approval (default 0)")
-    parser.add_argument("--poll-interval", type=float, default=0.25,
-                        help="seconds between status polls of one order (default 0.25)")
+    parser.add_argument("--wait-seconds", type=float, default=10.0,
+                        help="how long one status request waits for its order to end (default 10)")
     parser.add_argument("--order-timeout", type=float, default=60.0,
-                        help="stop polling an order that is not terminal after this many seconds (default 60)")
+                        help="stop following an order that is not terminal after this many seconds (default 60)")
     parser.add_argument("--http-timeout", type=float, default=10.0, help="per request, seconds (default 10)")
-    parser.add_argument("--row-interval", type=float, default=0.2,
-                        help="seconds between row fragment samples (default 0.2)")
+    parser.add_argument("--row-interval", type=float, default=1.0,
+                        help="seconds between polls of one row, as the board polls (default 1)")
     parser.add_argument("--metrics-url", action="append",
                         help="a worker's Prometheus /metrics (repeat; default the Procfile's 9101 and 9102)")
     parser.add_argument("--settle-seconds", type=float, default=10.0,
