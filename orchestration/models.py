@@ -65,9 +65,10 @@ class OrderPolicy:
     """Kept free at the end of the deadline for refund and close-out."""
     review_timeout_seconds: float = 6.0
     """How long manual review waits for approval before the order is cancelled."""
-    retry_interval_seconds: float = 0.02
+    retry_interval_seconds: float = 0.01
     """Pause between attempts of a failed activity. flaky_call fails at once or hangs; waiting
-    longer before the next try buys nothing but latency (0.05 s cost 0.3 s per order)."""
+    longer before the next try buys nothing but latency (0.05 s cost 0.3 s per order), while
+    5 ms made the server work harder at 10 orders in flight (p99 4.4 -> 6.0 s)."""
     attempt_backstop_seconds: float = 2.0
     """Server-side start-to-close of one attempt: it only catches crashed or stuck workers,
     because the worker itself cuts a hung attempt off much sooner."""

@@ -96,7 +96,7 @@ def order_policy_from_env() -> OrderPolicy:
 @dataclass(frozen=True)
 class WorkerSettings:
     attempt_timeout_seconds: float = field(
-        default_factory=lambda: _env_float("ACTIVITY_ATTEMPT_TIMEOUT_SECONDS", 0.03)
+        default_factory=lambda: _env_float("ACTIVITY_ATTEMPT_TIMEOUT_SECONDS", 0.02)
     )
     """How long an outside call may hang before its attempt is cut off in the worker; must stay
     well below ACTIVITY_BACKSTOP_SECONDS (ACTIVITY_ATTEMPT_TIMEOUT_SECONDS)."""
@@ -132,7 +132,7 @@ class WebSettings:
     """Signs CSRF tokens and operator cookies; empty: a random key per process (WEB_SECRET_KEY)."""
     operator_token: str = field(default_factory=lambda: _env_str("OPERATOR_TOKEN", ""))
     """Credential every state-changing request needs; empty: none needed (OPERATOR_TOKEN)."""
-    max_orders_in_flight: int = field(default_factory=lambda: _env_int("MAX_ORDERS_IN_FLIGHT", 15))
+    max_orders_in_flight: int = field(default_factory=lambda: _env_int("MAX_ORDERS_IN_FLIGHT", 10))
     """New orders are refused (503) while this many run; 0: no limit (MAX_ORDERS_IN_FLIGHT)."""
 
 
