@@ -3,9 +3,11 @@
 Plain dataclasses, so Temporal's default converter stores them as JSON in workflow history and
 the API can return them as they are. Times are ISO-8601 UTC strings: the converter does not
 decode datetime fields.
-"""
 
-from __future__ import annotations
+Annotations here are real types, not strings (no `from __future__ import annotations`):
+Temporal's converter resolves a dataclass's field types on every decode, and string annotations
+made decoding a status about 1.5 times as slow (each query answer, each activity input).
+"""
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
