@@ -132,7 +132,7 @@ class WebSettings:
     """Signs CSRF tokens and operator cookies; empty: a random key per process (WEB_SECRET_KEY)."""
     operator_token: str = field(default_factory=lambda: _env_str("OPERATOR_TOKEN", ""))
     """Credential every state-changing request needs; empty: none needed (OPERATOR_TOKEN)."""
-    max_orders_in_flight: int = field(default_factory=lambda: _env_int("MAX_ORDERS_IN_FLIGHT", 10))
+    max_orders_in_flight: int = field(default_factory=lambda: _env_int("MAX_ORDERS_IN_FLIGHT", 6))
     """New orders are refused (503) while this many run; 0: no limit (MAX_ORDERS_IN_FLIGHT)."""
 
 
