@@ -277,6 +277,7 @@ class OrderService:
         )
         self._in_flight: tuple[float, int] = (-math.inf, 0)
         """(monotonic time of the last count, running orders then plus starts since)."""
+        self._recount = asyncio.Lock()
 
     async def _order_handle(self, order_id: str) -> WorkflowHandle[OrderWorkflow, OrderStatus]:
         client = await self._temporal.client()
@@ -340,14 +341,21 @@ class OrderService:
         """Running orders, counted by Temporal at most every IN_FLIGHT_RECOUNT_SECONDS; in
         between, the last count plus the starts this process accepted since. At capacity every
         waiting client retries each second, and a count per request would add load just when
-        there is least room for it."""
+        there is least room for it. Requests arriving during a count wait for it rather than
+        each start one of their own."""
         counted_at, count = self._in_flight
         if time.monotonic() - counted_at < IN_FLIGHT_RECOUNT_SECONDS:
             return count
-        async with _temporal_call():
-            running = await client.count_workflows(RUNNING_ORDERS_QUERY, rpc_timeout=CALL_TIMEOUT)
-        self._in_flight = (time.monotonic(), running.count)
-        return running.count
+        async with self._recount:
+            counted_at, count = self._in_flight
+            if time.monotonic() - counted_at < IN_FLIGHT_RECOUNT_SECONDS:
+                return count
+            async with _temporal_call():
+                running = await client.count_workflows(
+                    RUNNING_ORDERS_QUERY, rpc_timeout=CALL_TIMEOUT
+                )
+            self._in_flight = (time.monotonic(), running.count)
+            return running.count
 
     async def _check_unused(self, order_id: str, payment_id: str) -> None:
         """Refuse a known order id or payment id. The workflow records both only once it has
@@ -445,8 +453,8 @@ class OrderService:
     async def _wait_for_end(
         handle: WorkflowHandle[OrderWorkflow, OrderStatus], wait_seconds: float
     ) -> None:
-        """Wait until the workflow closes or the time is up. The server holds one long poll for
-        the close event, so a waiting script costs neither it nor the workers anything."""
+        """Wait until the workflow closes or the time is up: one long poll for the close event,
+        held by the server, where polling would send the busy workers a query each time."""
         try:
             await asyncio.wait_for(handle.result(), wait_seconds)
         except (asyncio.TimeoutError, WorkflowFailureError):
