@@ -37,7 +37,7 @@ from web.app import create_app
 from web.board_views import row_from_summary
 from web.schemas import ORDER_STATES
 from web.security import CSRF_HEADER
-from web.service import OrderSummary
+from web.service import LIVE_SUMMARY_MAX_AGE_SECONDS, OrderSummary
 
 HTMX = {"HX-Request": "true"}
 # Orders end within 15 s of their start; a test waiting longer has found a bug.
@@ -245,11 +245,14 @@ async def test_row_follows_the_order_to_shipped_and_stops_polling(
     assert 'hx-trigger="every 1s' in html and 'hx-swap="outerHTML"' in html
     assert f'hx-post="/board/orders/{order_id}/approve"' in html
     assert "s left" in html and 'class="deadline-fill"' in html
+    # Served from the live cache: the status shown is at most LIVE_SUMMARY_MAX_AGE_SECONDS old.
+    assert 0 <= float(waiting.headers["X-Status-Age"]) < LIVE_SUMMARY_MAX_AGE_SECONDS
 
     approved = await board.post(f"/board/orders/{order_id}/approve", headers=HTMX)
     assert approved.status_code == 200
     assert approved.text.lstrip().startswith(f'<tbody class="order" data-order-id="{order_id}"')
     assert "Approved." in approved.text
+    # Fresh after the action, although the row was cached a moment ago.
     assert f"/board/orders/{order_id}/approve" not in approved.text
     assert time.monotonic() - started < REVIEW_TIMEOUT_SECONDS
 
