@@ -432,10 +432,11 @@ class OrderService:
         `wait_seconds`, first wait that long at most for the order to end."""
         handle = await self._order_handle(order_id)
         async with _temporal_call(order_id):
-            if wait_seconds > 0:
-                await self._wait_for_end(handle, wait_seconds)
+            final = await self._wait_for_end(handle, wait_seconds) if wait_seconds > 0 else None
             description = await handle.describe(rpc_timeout=CALL_TIMEOUT)
-            if description.status == WorkflowExecutionStatus.COMPLETED:
+            if final is not None:
+                status = final
+            elif description.status == WorkflowExecutionStatus.COMPLETED:
                 # The result is the final status; no worker needs to replay the workflow for it.
                 status = await handle.result(rpc_timeout=CALL_TIMEOUT)
             else:
@@ -452,15 +453,14 @@ class OrderService:
     @staticmethod
     async def _wait_for_end(
         handle: WorkflowHandle[OrderWorkflow, OrderStatus], wait_seconds: float
-    ) -> None:
-        """Wait until the workflow closes or the time is up: one long poll for the close event,
-        held by the server, where polling would send the busy workers a query each time."""
+    ) -> Optional[OrderStatus]:
+        """The final status once the workflow completes, or None when the time is up first or
+        it closed without a result (terminated). One long poll for the close event, held by the
+        server, where polling would send the busy workers a query each time."""
         try:
-            await asyncio.wait_for(handle.result(), wait_seconds)
+            return await asyncio.wait_for(handle.result(), wait_seconds)
         except (asyncio.TimeoutError, WorkflowFailureError):
-            # Still running, or closed without a result (terminated): the caller gets the
-            # status as it is.
-            pass
+            return None
 
     async def _shipping_status(self, workflow_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         client = await self._temporal.client()
