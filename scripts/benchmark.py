@@ -16,9 +16,10 @@ nothing is patched or seeded.
 
 Reported: latency start -> terminal from the workflow's own started_at/finished_at (the
 promise) and as the client saw it (start request sent -> terminal status read),
-p50/p90/p99/max; the share terminal within each order's deadline; failed and cancelled orders with their reasons; orders per second; the CPU seconds each server
-process used during the run (found in /proc by command line, among the processes whose working
-directory is inside --processes-under); the activity coroutines still running in the workers
+p50/p90/p99/max; the share terminal within each order's deadline; failed and cancelled orders
+with their reasons; orders per second; the CPU seconds each server process used during the run
+(found in /proc by command line, among the processes whose working directory is inside
+--processes-under); the activity coroutines still running in the workers
 right after the run and --settle-seconds later, with the activity attempts by outcome (from the
 workers' /metrics); and the latency of the board's row fragment GET /board/orders/{id}/row
 while orders are in flight, each polled once a second as the board does (GET /orders/{id}/status
@@ -280,12 +281,11 @@ async def watch_board_rows(
             began = time.perf_counter()
             try:
                 response = await client.get(route)
+                http_status, age = response.status_code, response.headers.get(STATUS_AGE_HEADER)
             except httpx.HTTPError:
-                samples.append(RowSample(time.perf_counter() - began, 0, len(progress.in_flight)))
-                continue
-            age = response.headers.get(STATUS_AGE_HEADER)
+                http_status, age = 0, None
             samples.append(RowSample(
-                time.perf_counter() - began, response.status_code, len(progress.in_flight),
+                time.perf_counter() - began, http_status, len(progress.in_flight),
                 None if age is None else float(age),
             ))
 
