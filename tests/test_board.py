@@ -233,6 +233,29 @@ async def test_duplicate_order_is_refused_on_the_form(board: httpx.AsyncClient) 
     await board.post(f"/board/orders/{order_id}/cancel", data={"reason": ""}, headers=HTMX)
 
 
+async def test_a_row_behind_its_order_answers_at_once_and_says_how_old_it_is(
+    app: Litestar, board: httpx.AsyncClient
+) -> None:
+    """Under overload a status refresh can take seconds; the row must not wait for it."""
+    order_id = new_order_id()
+    await start(board, order_id)
+    await wait_for_row(board, order_id, awaiting_approval)
+    order_service = app.dependencies["order_service"].dependency()
+    # As if the last refresh had been 10 s ago (the cache has no clock of its own to move).
+    cache = order_service._live_summaries
+    loaded_at, summary = cache._entries[order_id]
+    cache._entries[order_id] = (loaded_at - 10, summary)
+
+    stale = await board.get(f"/board/orders/{order_id}/row", headers=HTMX)
+    assert stale.status_code == 200
+    assert float(stale.headers["X-Status-Age"]) >= 10
+    assert "status as of 10 s ago" in stale.text
+    # The stale answer started a refresh behind it; the next poll shows a fresh status.
+    refreshed = await wait_for_row(board, order_id, lambda response: "status as of" not in response.text)
+    assert float(refreshed.headers["X-Status-Age"]) < 3
+    await board.post(f"/board/orders/{order_id}/cancel", data={"reason": ""}, headers=HTMX)
+
+
 async def test_row_follows_the_order_to_shipped_and_stops_polling(
     board: httpx.AsyncClient,
 ) -> None:

@@ -88,6 +88,8 @@ STATIC_DIR = ROOT / "static"
 # htmx stops polling an element whose request is answered with this status.
 HX_STOP_POLLING = 286
 STATUS_AGE_HEADER = "X-Status-Age"
+# A row whose status is older than this says so: the operator sees it is behind, not stuck.
+STALE_STATUS_SECONDS = 3.0
 ALERTS = "#alerts"
 BOARD_LIMIT = DEFAULT_LIST_LIMIT
 
@@ -420,7 +422,7 @@ class BoardController(Controller):
         age = order_service.summary_age(order_id)
         return HTMXTemplate(
             template_name="_order_row.html",
-            context={"row": row},
+            context={"row": row, "stale_seconds": age if age and age >= STALE_STATUS_SECONDS else None},
             status_code=HX_STOP_POLLING if row.closed else 200,
             # How old the shown status is (rows are served from the live cache); for scripts
             # and the benchmark, which report it beside the row's answer time.
