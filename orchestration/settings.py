@@ -133,7 +133,12 @@ class WebSettings:
     operator_token: str = field(default_factory=lambda: _env_str("OPERATOR_TOKEN", ""))
     """Credential every state-changing request needs; empty: none needed (OPERATOR_TOKEN)."""
     max_orders_in_flight: int = field(default_factory=lambda: _env_int("MAX_ORDERS_IN_FLIGHT", 6))
-    """New orders are refused (503) while this many run; 0: no limit (MAX_ORDERS_IN_FLIGHT)."""
+    """New orders wait for a free place, then are refused (503), while this many run; 0: no limit
+    (MAX_ORDERS_IN_FLIGHT)."""
+    admission_wait_seconds: float = field(
+        default_factory=lambda: _env_float("ADMISSION_WAIT_SECONDS", 5.0)
+    )
+    """How long a start may wait for a free place before it is refused (ADMISSION_WAIT_SECONDS)."""
 
 
 @dataclass(frozen=True)

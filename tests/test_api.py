@@ -25,7 +25,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestration.models import TERMINAL_STATES
-from orchestration.settings import TemporalSettings, get_settings
+from orchestration.settings import Settings, TemporalSettings, get_settings
 from orchestration.tables import Order, Payment
 from web.app import create_app
 from web.service import RUNNING_ORDERS_QUERY
@@ -332,27 +332,65 @@ async def test_payment_id_of_another_order_is_a_conflict(
     await api.post(f"/orders/{first_id}/signals/cancel")
 
 
-async def test_a_start_beyond_the_in_flight_limit_is_refused_with_retry_after(
-    api: httpx.AsyncClient, workers: Client
-) -> None:
-    """With MAX_ORDERS_IN_FLIGHT=1 and one order of ours running, any new start is refused."""
-    running_id, refused_id = new_order_id(), new_order_id()
+def limited_to_one_order(wait_seconds: float) -> Settings:
+    settings = get_settings()
+    return dataclasses.replace(
+        settings,
+        web=dataclasses.replace(
+            settings.web, max_orders_in_flight=1, admission_wait_seconds=wait_seconds
+        ),
+    )
+
+
+async def one_order_running(api: httpx.AsyncClient, workers: Client) -> str:
+    """Start an order (it waits for approval) and wait until Temporal's count includes it."""
+    running_id = new_order_id()
     assert (
         await api.post(f"/orders/{running_id}/start", json={"payment_id": f"pay-{running_id}"})
     ).status_code == 201
-    settings = get_settings()
-    limited = dataclasses.replace(settings, web=dataclasses.replace(settings.web, max_orders_in_flight=1))
     # The count comes from Temporal's visibility, which follows a start within moments.
     while (await workers.count_workflows(RUNNING_ORDERS_QUERY)).count < 1:
         await asyncio.sleep(0.05)
-    async with serving(create_app(temporal_client=workers, settings=limited, manage_pool=False)) as client:
+    return running_id
+
+
+async def test_a_start_beyond_the_in_flight_limit_waits_then_is_refused_with_retry_after(
+    api: httpx.AsyncClient, workers: Client
+) -> None:
+    """With MAX_ORDERS_IN_FLIGHT=1 and one order of ours running, a new start waits its
+    ADMISSION_WAIT_SECONDS and is refused."""
+    running_id, refused_id = await one_order_running(api, workers), new_order_id()
+    app = create_app(temporal_client=workers, settings=limited_to_one_order(0.5), manage_pool=False)
+    async with serving(app) as client:
+        asked_at = time.monotonic()
         refused = await client.post(f"/orders/{refused_id}/start", json={"payment_id": f"pay-{refused_id}"})
+        waited = time.monotonic() - asked_at
     assert refused.status_code == 503, refused.text
     assert refused.headers["retry-after"] == "1"
     assert "orders are in flight" in refused.json()["detail"]
+    assert "none ended within 0.5 s" in refused.json()["detail"]
+    assert waited >= 0.5
     assert not await workflow_exists(workers, refused_id)
     assert await order_row(refused_id) is None
     await api.post(f"/orders/{running_id}/signals/cancel")
+
+
+async def test_a_start_waiting_at_the_limit_is_admitted_when_an_order_ends(
+    api: httpx.AsyncClient, workers: Client
+) -> None:
+    running_id, waiting_id = await one_order_running(api, workers), new_order_id()
+    app = create_app(temporal_client=workers, settings=limited_to_one_order(20), manage_pool=False)
+    async with serving(app) as client:
+        waiting = asyncio.create_task(
+            client.post(f"/orders/{waiting_id}/start", json={"payment_id": f"pay-{waiting_id}"}, timeout=30)
+        )
+        await asyncio.sleep(1)
+        assert not waiting.done(), "a place is free only once the running order has ended"
+        await api.post(f"/orders/{running_id}/signals/cancel")
+        admitted = await waiting
+    assert admitted.status_code == 201, admitted.text
+    assert await workflow_exists(workers, waiting_id)
+    await api.post(f"/orders/{waiting_id}/signals/cancel")
 
 
 @pytest.mark.parametrize(

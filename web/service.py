@@ -280,6 +280,8 @@ class OrderService:
         self._in_flight: tuple[float, int] = (-math.inf, 0)
         """(monotonic time of the last count, running orders then plus starts since)."""
         self._recount = asyncio.Lock()
+        self._waiting_starts: list[object] = []
+        """Starts waiting for a free place, first come first."""
 
     async def _order_handle(self, order_id: str) -> WorkflowHandle[OrderWorkflow, OrderStatus]:
         client = await self._temporal.client()
@@ -291,8 +293,8 @@ class OrderService:
         client = await self._temporal.client()
         workflow_id = workflow_id_for(order_id)
         policy = self._settings.order_policy
-        await self._check_capacity(client)
         await self._check_unused(order_id, payment_id)
+        await self._check_capacity(client)
         try:
             async with _temporal_call():
                 handle = await client.start_workflow(
@@ -322,28 +324,42 @@ class OrderService:
         )
 
     async def _check_capacity(self, client: Client) -> None:
-        """Refuse a new order while MAX_ORDERS_IN_FLIGHT run. Past what the machine can carry,
-        every order would be late; refusing the newest keeps the 15-second promise for the
-        ones already accepted. The count comes from Temporal, so it holds across web replicas;
-        starts racing each other may overshoot it by a few."""
+        """Admit a new order once fewer than MAX_ORDERS_IN_FLIGHT run. Past what the machine can
+        carry, every order would be late; holding the newest back keeps the 15-second promise
+        for the ones already accepted. A start waits up to ADMISSION_WAIT_SECONDS for a free
+        place, first come first, and is then refused with Retry-After: a burst is absorbed
+        without the caller retrying, and callers retrying in a loop cost the busy machine more
+        than callers waiting quietly. The count comes from Temporal, so it holds across web
+        replicas; starts racing each other may overshoot it by a few."""
         limit = self._settings.web.max_orders_in_flight
         if limit <= 0:
             return
-        running = await self._orders_in_flight(client)
-        if running >= limit:
-            raise DependencyUnavailable(
-                "capacity",
-                f"{running} orders are in flight, the most this system takes at once "
-                f"({limit}); try again in a moment.",
-                retry_after_seconds=AT_CAPACITY_RETRY_AFTER_SECONDS,
-            )
-        self._in_flight = (self._in_flight[0], running + 1)
+        turn = object()
+        self._waiting_starts.append(turn)
+        give_up_at = time.monotonic() + self._settings.web.admission_wait_seconds
+        try:
+            while True:
+                running = await self._orders_in_flight(client)
+                if self._waiting_starts.index(turn) < limit - running:
+                    self._in_flight = (self._in_flight[0], running + 1)
+                    return
+                if time.monotonic() >= give_up_at:
+                    raise DependencyUnavailable(
+                        "capacity",
+                        f"{running} orders are in flight, the most this system takes at once "
+                        f"({limit}), and none ended within "
+                        f"{self._settings.web.admission_wait_seconds:g} s; try again in a moment.",
+                        retry_after_seconds=AT_CAPACITY_RETRY_AFTER_SECONDS,
+                    )
+                await asyncio.sleep(IN_FLIGHT_RECOUNT_SECONDS)
+        finally:
+            self._waiting_starts.remove(turn)
 
     async def _orders_in_flight(self, client: Client) -> int:
         """Running orders, counted by Temporal at most every IN_FLIGHT_RECOUNT_SECONDS; in
         between, the last count plus the starts this process accepted since. At capacity every
-        waiting client retries each second, and a count per request would add load just when
-        there is least room for it. Requests arriving during a count wait for it rather than
+        waiting start asks again and again, and a count per question would add load just when
+        there is least room for it. Questions arriving during a count wait for it rather than
         each start one of their own."""
         counted_at, count = self._in_flight
         if time.monotonic() - counted_at < IN_FLIGHT_RECOUNT_SECONDS:
