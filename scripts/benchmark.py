@@ -16,12 +16,12 @@ nothing is patched or seeded.
 
 Reported: latency start -> terminal from the workflow's own started_at/finished_at (the
 promise) and as the client saw it (start answered -> terminal status read), p50/p90/p99/max,
-and how long the accepted start took to answer (at MAX_ORDERS_IN_FLIGHT it waits for a place); the share terminal within each order's deadline; failed and cancelled orders
-with their reasons; orders per second; the CPU seconds each server process used during the run
-(found in /proc by command line, among the processes whose working directory is inside
---processes-under); the activity coroutines still running in the workers
-right after the run and --settle-seconds later, with the activity attempts by outcome (from the
-workers' /metrics); and the latency of the board's row fragment GET /board/orders/{id}/row
+and how long the accepted start took to answer (at MAX_ORDERS_IN_FLIGHT it waits for a place);
+the share terminal within each order's deadline; failed and cancelled orders with their
+reasons; orders per second; the CPU seconds each server process used during the run (found in
+/proc by command line, among the processes whose working directory is inside
+--processes-under); the activity coroutines still running in the workers right after the run
+and --settle-seconds later, with the activity attempts by outcome (from the workers' /metrics); and the latency of the board's row fragment GET /board/orders/{id}/row
 while orders are in flight, each polled once a second as the board does (GET /orders/{id}/status
 instead when the board has no such route), and how old the status each row showed was.
 Each figure is printed beside its target. Progress goes to stderr once a second.
