@@ -142,6 +142,28 @@ async def test_order_from_the_form_is_approved_and_ships_without_a_reload(
     await page.screenshot(path=str(ARTIFACTS / "board.png"), full_page=True)
 
 
+async def test_the_start_button_is_disabled_while_a_start_is_under_way(page: Page, base_url: str) -> None:
+    """At the admission limit a start waits for a place; a second click must not race it. The
+    browser holds the request back for a second, as a start waiting for a place would take."""
+    await open_board(page, base_url)
+
+    async def held_back(route) -> None:
+        await asyncio.sleep(1)
+        await route.continue_()
+
+    await page.route("**/board/orders", held_back)
+    form = page.locator("#new-order")
+    order_id = await form.locator('[name="order_id"]').input_value()
+    await form.get_by_role("button", name="Start order").click()
+    await expect(form.get_by_role("button", name="Start order")).to_be_disabled()
+    await expect(form.get_by_text(f"Order {order_id} started.")).to_be_visible(timeout=STEP_MS)
+    await expect(form.get_by_role("button", name="Start order")).to_be_enabled()
+    await page.unroute("**/board/orders")
+    await row(page, order_id).get_by_text("Cancel…").click()
+    await row(page, order_id).get_by_role("button", name="Cancel order").click()
+    await expect(row(page, order_id)).to_have_attribute("data-state", "cancelled", timeout=ORDER_END_MS)
+
+
 async def test_order_started_elsewhere_appears_and_is_cancelled_with_a_reason(
     page: Page, base_url: str, api: httpx.AsyncClient
 ) -> None:
