@@ -16,8 +16,8 @@ run ends, however it ends (and killed by the kernel if this process dies first).
 
 Orders are started with POST /orders/{id}/start, approved right after with
 POST /orders/{id}/signals/approve and polled with GET /orders/{id}/status, C at a time; every
-request is retried with backoff through connection errors, 503 and 500 (see Api). Meanwhile,
-each fault fires once a random number of orders (seeded RNG; the seed is printed) has started:
+request is retried with backoff through connection errors and 503 (see Api). Meanwhile, each
+fault fires once a random number of orders (seeded RNG; the seed is printed) has started:
 
   workers   SIGKILL the order worker and the shipping worker --kills times each, restarting each
             after a short pause
@@ -35,7 +35,9 @@ workflow's result):
   (received, charged, dispatched, shipped, refunded, closed) appear at most once per order;
 - orders.state, the payment's status and the API's last answer equal the workflow's result;
 - every SIGTERM ends its worker with status 0 within GRACEFUL_STOP_LIMIT_SECONDS, with every
-  pooled database connection given back.
+  pooled database connection given back;
+- the API answered every outage with 503 and Retry-After: any other 5xx (a 500 is an outage
+  the web app did not recognise, or a bug) or a 503 without Retry-After fails the run.
 An order slowed by a fault may miss its 15 seconds and fail with "deadline exceeded" (and be
 refunded): that is correct behaviour, so latency is not checked here.
 
@@ -88,7 +90,7 @@ RESTART_PAUSE_SECONDS = (0.5, 2.0)
 # A request is retried through an outage for this long before the run gives up on it.
 REQUEST_RETRY_SECONDS = 90.0
 REQUEST_TIMEOUT_SECONDS = 15.0
-RETRIED_STATUSES = (500, 503)
+RETRIED_STATUSES = (503,)
 WORKFLOW_CHECK_CONCURRENCY = 10
 PROGRESS_INTERVAL_SECONDS = 5.0
 
@@ -457,12 +459,12 @@ class RunProgress:
 
 
 class Api:
-    """The JSON API as a patient client: connection errors, 503 and 500 are retried with backoff.
+    """The JSON API as a patient client: connection errors and 503 are retried with backoff.
 
     Every request of this run may be repeated safely (a repeated start or approval answers 409).
-    500 is retried too because the web app answers it, instead of 503, for two outages: PostgreSQL
-    dropping its connections mid-query, and a Temporal query timing out while no order worker
-    runs. `retried` counts each cause, so that they show in the report."""
+    An outage must answer 503 with Retry-After; any other 5xx, and a 503 without Retry-After, is
+    kept in `server_errors`, which fail the run (a 500 is not retried: the next answer could hide
+    it). `retried` counts each cause, so that they show in the report."""
 
     def __init__(self, base_url: str) -> None:
         # With OPERATOR_TOKEN set (the children inherit it), the API's writes want it as a bearer.
@@ -470,6 +472,7 @@ class Api:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_SECONDS, headers=headers)
         self.retried = Counter[str]()
+        self.server_errors: list[str] = []
 
     async def request(self, method: str, path: str, json: Optional[dict] = None) -> tuple[httpx.Response, bool]:
         """The answer, and whether the request had to be sent again (so it may have been
@@ -485,6 +488,12 @@ class Api:
                     raise
                 cause = type(err).__name__
             else:
+                if response.status_code >= 500 and not (
+                    response.status_code == 503 and "retry-after" in response.headers
+                ):
+                    self.server_errors.append(
+                        f"{method} {path}: {response.status_code} {response.text[:200]}"
+                    )
                 if response.status_code not in RETRIED_STATUSES or time.monotonic() > give_up_at:
                     return response, retried
                 cause = f"HTTP {response.status_code}"
@@ -636,14 +645,15 @@ STATE_MISMATCHES = "state mismatches (db vs workflow)"
 PAYMENT_MISMATCHES = "payment mismatches (db vs workflow)"
 API_MISMATCHES = "api mismatches (api vs workflow)"
 UNGRACEFUL_STOPS = "graceful stops not clean"
+SERVER_ERRORS = "5xx other than 503 + Retry-After"
 INVARIANTS = (
     NOT_STARTED, NOT_TERMINAL, SHIPPED_NOT_CHARGED_ONCE, LEFT_CHARGED, SEVERAL_PAYMENTS,
     DUPLICATE_CHARGES, DUPLICATE_EVENTS, STATE_MISMATCHES, PAYMENT_MISMATCHES, API_MISMATCHES,
-    UNGRACEFUL_STOPS,
+    UNGRACEFUL_STOPS, SERVER_ERRORS,
 )
 
 
-async def check_invariants(system: System, records: list[OrderRecord]) -> Findings:
+async def check_invariants(system: System, records: list[OrderRecord], api: Api) -> Findings:
     findings = Findings()
     for invariant in INVARIANTS:
         findings.expect(invariant)
@@ -720,6 +730,8 @@ async def check_invariants(system: System, records: list[OrderRecord]) -> Findin
     for stop in system.faults.graceful_stops:
         if not stop.clean:
             findings.broken(UNGRACEFUL_STOPS, str(stop))
+    for error in api.server_errors:
+        findings.broken(SERVER_ERRORS, error)
     return findings
 
 
@@ -814,7 +826,7 @@ async def fault_test(args: argparse.Namespace) -> int:
         wall_seconds = time.monotonic() - began
         log("all orders settled; stopping the workers with SIGTERM, then checking the invariants")
         await asyncio.gather(*(system.stop_worker_gracefully(name, "at the end") for name in system.workers))
-        findings = await check_invariants(system, records)
+        findings = await check_invariants(system, records, api)
 
         print(report(args, system, api, findings, wall_seconds), flush=True)
         failed = {name: details for name, details in findings.problems.items() if details}
