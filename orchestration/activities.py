@@ -32,6 +32,7 @@ from orchestration.models import (
     ShippingStepInput,
     StepResult,
 )
+from orchestration.progress import BUSINESS_RULE_VIOLATION
 from orchestration.tables import Event
 
 T = TypeVar("T")
@@ -63,7 +64,7 @@ class OrderActivities:
             raise ApplicationError(message, type=ATTEMPT_TIMED_OUT_ERROR, category=BENIGN) from None
         except business.BusinessRuleViolation as err:
             await self._record_failure(order_id, str(err), "rejected")
-            raise ApplicationError(str(err), type="BusinessRuleViolation", non_retryable=True) from err
+            raise ApplicationError(str(err), type=BUSINESS_RULE_VIOLATION, non_retryable=True) from err
         except Exception as err:
             message = f"{type(err).__name__}: {err}"
             await self._record_failure(order_id, message, "error")

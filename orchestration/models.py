@@ -12,11 +12,17 @@ made decoding a status about 1.5 times as slow (each query answer, each activity
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-# Order states. The first seven are in flight; the last three are terminal.
+from temporalio.common import SearchAttributeKey
+
+# Order states. The first nine are in flight; the last three are terminal.
 STARTED = "started"
 RECEIVED = "received"
 VALIDATED = "validated"
 AWAITING_APPROVAL = "awaiting_approval"
+AWAITING_ADDRESS = "awaiting_address"
+"""Approved, but charged only once it has a shipping address."""
+APPROVED = "approved"
+"""Review passed (approved, with an address): the payment is charged next."""
 CHARGED = "charged"
 SHIPPING = "shipping"
 DISPATCHED = "dispatched"
@@ -24,6 +30,16 @@ SHIPPED = "shipped"
 CANCELLED = "cancelled"
 FAILED = "failed"
 TERMINAL_STATES = frozenset({SHIPPED, CANCELLED, FAILED})
+PARKED_STATES = frozenset({AWAITING_APPROVAL, AWAITING_ADDRESS})
+"""Waiting for a person (an approval or an address), not for the machine."""
+
+# What a parked order waits for, as the status' `waiting_for` lists it.
+APPROVAL = "approval"
+SHIPPING_ADDRESS = "shipping_address"
+
+ORDER_STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("OrderState")
+"""The order's state as a Temporal search attribute, upserted on each transition, so that
+visibility can count the orders doing work (admission control) and the UI can filter by state."""
 
 # Workflow steps, in order; the status query reports attempts for each.
 ORDER_STEPS = (
@@ -37,8 +53,14 @@ ORDER_STEPS = (
 COMPENSATION_STEPS = ("refund_payment", "close_order")
 SHIPPING_STEPS = ("prepare_package", "dispatch_carrier")
 
-REVIEW_TIMED_OUT = "review timed out"
 DEADLINE_EXCEEDED = "deadline exceeded"
+
+
+def review_ended_reason(missing: list[str]) -> str:
+    """Why review ended an order, naming what it still lacked, e.g. "no shipping address before
+    review ended"."""
+    words = {APPROVAL: "no approval", SHIPPING_ADDRESS: "no shipping address"}
+    return " and ".join(words[what] for what in missing) + " before review ended"
 
 
 @dataclass
@@ -49,12 +71,16 @@ class Item:
 
 @dataclass
 class Address:
+    """A shipping address in its canonical form (the API also accepts common aliases)."""
+
     line1: str
     city: str
-    postal_code: str
-    country: str
+    postal_code: str = ""
+    country: str = ""
     name: str = ""
     line2: str = ""
+    state: str = ""
+    """State, province or region."""
 
 
 @dataclass
@@ -96,6 +122,31 @@ class CancelOrder:
 @dataclass
 class AddressUpdate:
     address: Address
+    version: int = 0
+    """Set by the order when it forwards the address to a shipping attempt (1 = the first
+    change); the attempt acknowledges it with `address_applied`."""
+
+
+@dataclass
+class AddressApplied:
+    """A shipping attempt took this address version before it called the carrier."""
+
+    shipping_attempt: int
+    version: int
+
+
+@dataclass
+class ActionResult:
+    """The answer of an operator action (a workflow update): the order right after it."""
+
+    action: str
+    message: str
+    """What happened, in words, e.g. "approved; the order now waits for its shipping address"."""
+    state: str
+    waiting_for: list[str]
+    allowed_actions: list[str]
+    reason: str = ""
+    address: Optional[Address] = None
 
 
 @dataclass
@@ -227,7 +278,9 @@ class OrderStatus:
     finished_at: Optional[str] = None
     reason: str = ""
     allowed_actions: list[str] = field(default_factory=list)
-    """Operator signals the order accepts right now: approve, cancel, update_address."""
+    """Operator actions the order accepts right now: approve, cancel, update_address."""
+    waiting_for: list[str] = field(default_factory=list)
+    """While parked at review: what it still needs, `approval` and/or `shipping_address`."""
 
 
 @dataclass
@@ -239,13 +292,18 @@ class ShippingInput:
     policy: OrderPolicy
     deadline_at: str
     """Shipping must be done by then (the parent's forward deadline)."""
+    address_version: int = 0
 
 
 @dataclass
 class ShippingResult:
-    outcome: str  # dispatched | cancelled | dispatch_failed
+    outcome: str
+    """dispatched | cancelled | dispatch_failed (retry: time ran out) | rejected (a business
+    rule refused it: retrying cannot help)"""
     address: Optional[Address]
     reason: str = ""
+    address_version: int = 0
+    """The version of `address`, the one the carrier got when dispatched."""
 
 
 @dataclass

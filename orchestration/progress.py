@@ -22,6 +22,9 @@ from orchestration.models import ErrorRecord, OrderPolicy, StepStatus
 
 MAX_ERRORS_KEPT = 25
 
+BUSINESS_RULE_VIOLATION = "BusinessRuleViolation"
+"""ApplicationError type of a request no retry can fix (see activities.py)."""
+
 
 def retry_policy(policy: OrderPolicy) -> RetryPolicy:
     """Retry every failed attempt after a short, constant pause, with no attempt limit.
@@ -35,7 +38,7 @@ def retry_policy(policy: OrderPolicy) -> RetryPolicy:
         backoff_coefficient=1.0,
         maximum_interval=interval,
         maximum_attempts=0,
-        non_retryable_error_types=["BusinessRuleViolation"],
+        non_retryable_error_types=[BUSINESS_RULE_VIOLATION],
     )
 
 
@@ -53,6 +56,12 @@ def failure_message(err: BaseException) -> str:
         current = current.__cause__
     # The outermost message is generic ("Activity task failed"); the cause says what happened.
     return messages[-1] if messages else str(err)
+
+
+def is_rejection(err: BaseException) -> bool:
+    """True when an activity failed because a business rule refused it: retrying cannot help."""
+    cause = err.__cause__
+    return isinstance(cause, ApplicationError) and cause.type == BUSINESS_RULE_VIOLATION
 
 
 def is_deadline(err: BaseException) -> bool:

@@ -1,9 +1,12 @@
 """ShippingWorkflow: one shipping attempt of a paid order, on its own task queue.
 
 PreparePackage, then DispatchCarrier. A dispatch that runs out of its time budget asks the parent
-(signal `dispatch_failed`) for another shipping attempt. Once the carrier call is under way it is
-never interrupted: a cancel that arrives meanwhile waits for the call to settle, because only the
-outcome of that call says whether the goods left.
+(signal `dispatch_failed`) for another shipping attempt; a dispatch refused by a business rule
+ends the attempt as `rejected` instead, since another attempt would be refused too. Once the
+carrier call is under way it is never interrupted: a cancel that arrives meanwhile waits for the
+call to settle, because only the outcome of that call says whether the goods left. An address
+change is taken until then, and acknowledged to the parent (`address_applied`), so that the
+operator's answer says whether the carrier got it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Optional
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 # The sandbox re-runs every import that is not passed through for each new workflow
 # instance; re-creating these modules' dataclasses took a third of the worker's CPU. They are
@@ -22,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from orchestration.activities import OrderActivities
     from orchestration.models import (
         SHIPPING_STEPS,
+        AddressApplied,
         AddressUpdate,
         CancelOrder,
         DispatchFailure,
@@ -30,9 +34,19 @@ with workflow.unsafe.imports_passed_through():
         ShippingStatus,
         ShippingStepInput,
     )
-    from orchestration.progress import StepBook, failure_message, is_deadline, retry_policy, time_left
+    from orchestration.progress import (
+        StepBook,
+        failure_message,
+        is_deadline,
+        is_rejection,
+        retry_policy,
+        time_left,
+    )
 
+# Signals to the parent, by name: the parent's module imports this one.
 DISPATCH_FAILED_SIGNAL = "dispatch_failed"
+ADDRESS_APPLIED_SIGNAL = "address_applied"
+REJECTED = "ShippingRejected"
 
 
 @workflow.defn
@@ -42,6 +56,7 @@ class ShippingWorkflow:
         self._input = input
         self._deadline_at = datetime.fromisoformat(input.deadline_at)
         self._address = input.address
+        self._address_version = input.address_version
         self._cancel_reason: Optional[str] = None
         self._dispatching = False
         self._dispatch: Optional[workflow.ActivityHandle] = None
@@ -95,15 +110,24 @@ class ShippingWorkflow:
         except ApplicationError as err:
             if self._cancel_reason is not None:
                 return self._cancelled()
+            if err.type == REJECTED:
+                reason = f"dispatch refused: {err.message}"
+                self._book.log("the carrier dispatch was refused", "dispatch_rejected", error=reason)
+                return self._result("rejected", reason)
             reason = f"dispatch failed: {err.message}"
             await workflow.get_external_workflow_handle(self._input.parent_workflow_id).signal(
                 DISPATCH_FAILED_SIGNAL, DispatchFailure(self._input.shipping_attempt, reason)
             )
             self._book.log("asked the order for another shipping attempt", "dispatch_failed", error=reason)
-            return ShippingResult(outcome="dispatch_failed", address=self._address, reason=reason)
+            return self._result("dispatch_failed", reason)
         if self._cancel_reason is not None:
             self._book.note_refusal("cancel_order", "the carrier was dispatched before the cancel took effect")
-        return ShippingResult(outcome="dispatched", address=self._address)
+        return self._result("dispatched")
+
+    def _result(self, outcome: str, reason: str = "") -> ShippingResult:
+        return ShippingResult(
+            outcome=outcome, address=self._address, reason=reason, address_version=self._address_version
+        )
 
     def _dispatch_budget(self) -> timedelta:
         return min(
@@ -129,6 +153,8 @@ class ShippingWorkflow:
         except ActivityError as err:
             message = failure_message(err)
             self._book.fail(step, message)
+            if is_rejection(err):
+                raise ApplicationError(message, type=REJECTED, non_retryable=True) from err
             if step == "prepare_package" and is_deadline(err):
                 raise ApplicationError("deadline exceeded while preparing the package", type="DeadlineExceeded") from err
             raise ApplicationError(message, type="ShippingStepFailed") from err
@@ -136,7 +162,7 @@ class ShippingWorkflow:
 
     def _cancelled(self) -> ShippingResult:
         self._book.log("shipping cancelled", "cancellation", reason=self._cancel_reason)
-        return ShippingResult(outcome="cancelled", address=self._address, reason=self._cancel_reason or "")
+        return self._result("cancelled", self._cancel_reason or "")
 
     @workflow.signal
     def cancel_shipping(self, request: CancelOrder) -> None:
@@ -144,11 +170,18 @@ class ShippingWorkflow:
             self._cancel_reason = request.reason
 
     @workflow.signal
-    def update_address(self, update: AddressUpdate) -> None:
+    async def update_address(self, update: AddressUpdate) -> None:
         if self._dispatching:
             self._book.note_refusal("update_address", "the carrier dispatch had already started")
             return
-        self._address = update.address
+        self._address, self._address_version = update.address, update.version
+        try:
+            await workflow.get_external_workflow_handle(self._input.parent_workflow_id).signal(
+                ADDRESS_APPLIED_SIGNAL, AddressApplied(self._input.shipping_attempt, update.version)
+            )
+        except FailureError as err:
+            # The parent waits for this attempt's result, which carries the address too.
+            self._book.log("could not acknowledge the address", "signal_not_delivered", error=failure_message(err))
 
     @workflow.query
     def status(self) -> ShippingStatus:

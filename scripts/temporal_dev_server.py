@@ -58,6 +58,8 @@ def main() -> None:
         # One JSON object per line, like the app's own processes.
         "--log-format", "json",
         *dynamic_config_args(),
+        # The orders publish their state under this attribute (the workers register it too).
+        "--search-attribute", "OrderState=Keyword",
     ]
     os.execv(command[0], command)
 

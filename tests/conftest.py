@@ -36,8 +36,10 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from orchestration.activities import ActivityCounter, OrderActivities  # noqa: E402
 from orchestration.database import close_pool, open_pool  # noqa: E402
+from orchestration.models import ORDER_STATE_ATTRIBUTE  # noqa: E402
 from orchestration.order_workflow import OrderWorkflow  # noqa: E402
 from orchestration.settings import get_settings  # noqa: E402
+from orchestration.temporal_client import ensure_search_attributes  # noqa: E402
 from orchestration.worker import build_worker  # noqa: E402
 from orchestration.shipping_workflow import ShippingWorkflow  # noqa: E402
 from scripts import local_postgres  # noqa: E402
@@ -91,6 +93,7 @@ async def dev_server():
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(BIN / "temporal"),
         dev_server_extra_args=dynamic_config_args(),
+        search_attributes=[ORDER_STATE_ATTRIBUTE],
     )
     yield env
     await env.shutdown()
@@ -101,6 +104,7 @@ async def time_skipping():
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(BIN / "temporal-test-server")
     )
+    await ensure_search_attributes(env.client)
     yield env
     await env.shutdown()
 

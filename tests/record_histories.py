@@ -2,9 +2,10 @@
 
 Usage: .venv/bin/python -m tests.record_histories
 
-Runs four orders on Temporal's time-skipping test server with the activity doubles of
+Runs five orders on Temporal's time-skipping test server with the activity doubles of
 tests/test_order_workflow.py (happy path, cancel after charge with refund, a failed dispatch that
-the parent retries, dispatch failing until the deadline) and writes each order's history, and
+the parent retries, dispatch failing until the deadline, an order approved before it had an
+address and given one by update) and writes each order's history, and
 those of its shipping children, as JSON to tests/histories/ (with workflow_ids.json naming the
 workflow id of each). Re-record only when a workflow change
 is meant to be incompatible with running orders (and then version it with workflow.patched)."""
@@ -18,9 +19,10 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from orchestration.models import CancelOrder
+from orchestration.models import AddressUpdate, CancelOrder
 from orchestration.order_workflow import OrderWorkflow
-from tests.test_order_workflow import FakeActivities, running_order
+from orchestration.temporal_client import ensure_search_attributes
+from tests.test_order_workflow import HOME, SHORT_DISPATCH, FakeActivities, running_order, wait_for_state
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 WORKFLOW_IDS = "workflow_ids.json"
@@ -45,11 +47,18 @@ async def deadline_exceeded(env, fakes, handle) -> None:
     await handle.signal(OrderWorkflow.approve)
 
 
+async def address_after_approval(env, fakes, handle) -> None:
+    await wait_for_state(handle, "awaiting_approval")
+    await handle.execute_update(OrderWorkflow.approve_update)
+    await handle.execute_update(OrderWorkflow.update_address_update, AddressUpdate(HOME))
+
+
 SCENARIOS = {
     "happy": (happy, {}),
     "cancelled_after_charge": (cancelled_after_charge, {"hold": "prepare_package"}),
-    "dispatch_retried": (dispatch_retried, {"dispatch_failures": "first_attempt"}),
+    "dispatch_retried": (dispatch_retried, {"dispatch_failures": "first_attempt", "policy": SHORT_DISPATCH}),
     "deadline_exceeded": (deadline_exceeded, {"dispatch_failures": "always"}),
+    "address_after_approval": (address_after_approval, {"address": None}),
 }
 
 
@@ -60,7 +69,9 @@ async def record(env: WorkflowEnvironment, name: str) -> dict[str, str]:
     if "hold" in setup:
         fakes.hold(setup["hold"])
     written: dict[str, str] = {}
-    async with running_order(env, fakes) as handle:
+    async with running_order(
+        env, fakes, address=setup.get("address", HOME), policy=setup.get("policy")
+    ) as handle:
         await drive(env, fakes, handle)
         status = await handle.result()
         ids = [handle.id] + [f"{handle.id}-shipping-{n}" for n in range(1, status.shipping_attempts + 1)]
@@ -78,6 +89,7 @@ async def main() -> None:
     for stale in HISTORIES.glob("*.json"):
         stale.unlink()
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=str(TEST_SERVER))
+    await ensure_search_attributes(env.client)
     workflow_ids: dict[str, str] = {}
     try:
         for name in SCENARIOS:

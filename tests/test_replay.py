@@ -22,7 +22,9 @@ HISTORIES = sorted(FOLDER / name for name in WORKFLOW_IDS)
 
 def test_every_scenario_has_a_recorded_history():
     names = {path.name.split(".")[0] for path in HISTORIES}
-    assert names == {"happy", "cancelled_after_charge", "dispatch_retried", "deadline_exceeded"}
+    assert names == {
+        "happy", "cancelled_after_charge", "dispatch_retried", "deadline_exceeded", "address_after_approval",
+    }
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[path.stem for path in HISTORIES])

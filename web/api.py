@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, Optional
 
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import Body, JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_202_ACCEPTED,
@@ -25,13 +26,15 @@ from web.schemas import (
     MAX_BODY_BYTES,
     MAX_LIST_LIMIT,
     MAX_STATUS_WAIT_SECONDS,
+    UPDATE_ADDRESS_SCHEMA,
+    ActionAnswer,
     CancelBody,
     ErrorBody,
     OrderState,
     StartOrderBody,
-    UpdateAddressBody,
+    address_of_update,
 )
-from web.service import OrderService
+from web.service import ActionOutcome, OrderService
 
 OrderId = Annotated[
     str,
@@ -43,15 +46,15 @@ OrderId = Annotated[
     ),
 ]
 Service = NamedDependency[OrderService]
-ACCEPTED = {"accepted": True}
 
 # The error answers each route documents in the OpenAPI schema; the body is always ErrorBody.
 ERROR_MEANINGS = {
     HTTP_401_UNAUTHORIZED: "The server sets OPERATOR_TOKEN and the request lacks "
     "`Authorization: Bearer <token>`, or the token is wrong.",
     HTTP_404_NOT_FOUND: "There is no order with this id.",
-    HTTP_409_CONFLICT: "The order id or payment id is taken, or the order does not accept this "
-    "action in its current state.",
+    HTTP_409_CONFLICT: "The order id or payment id is taken, or the order refuses this action: "
+    "`detail` gives the workflow's own reason (review over, carrier already dispatched, already "
+    "cancelled...).",
     HTTP_413_REQUEST_ENTITY_TOO_LARGE: f"The body is larger than {MAX_BODY_BYTES // 1024} KiB.",
     HTTP_422_UNPROCESSABLE_ENTITY: "The path, query or body is invalid; `detail` names every "
     "rejected field.",
@@ -70,7 +73,39 @@ def errors(*status_codes: int) -> dict[int, ResponseSpec]:
     }
 
 
-SIGNAL_ERRORS = errors(401, 404, 409, 413, 422, 503)
+ACTION_RESPONSES = {
+    HTTP_202_ACCEPTED: ResponseSpec(
+        data_container=ActionAnswer,
+        description="`queued`: no worker took the action in time; it runs once a worker is back. "
+        "`pending`: accepted, the outcome is still to come.",
+        generate_examples=False,
+    ),
+    **errors(401, 404, 409, 413, 422, 503),
+}
+ACTION_DESCRIPTION = (
+    "Answers 200 with the order right after the action once the workflow has carried it out "
+    "(a cancel: once the order is cancelled and refunded; an address change while shipping: once "
+    "the shipping attempt has it), or 409 with the workflow's reason for refusing it. When no "
+    "worker takes the action within a few seconds (workers restarting), it is sent as the signal "
+    "of the same name, which runs as soon as a worker is back, and the answer is 202 `queued`."
+)
+
+
+def action_answer(order_id: str, outcome: ActionOutcome) -> Response[ActionAnswer]:
+    result = outcome.result
+    answer = ActionAnswer(
+        order_id=order_id,
+        action=outcome.action,
+        outcome="done" if result else "queued" if outcome.queued else "pending",
+        detail=outcome.sentence(order_id),
+    )
+    if result is not None:
+        answer.state = result.state
+        answer.waiting_for = result.waiting_for
+        answer.allowed_actions = result.allowed_actions
+        answer.reason = result.reason
+        answer.address = None if result.address is None else dataclasses.asdict(result.address)
+    return Response(answer, status_code=HTTP_200_OK if result else HTTP_202_ACCEPTED)
 
 
 class OrderController(Controller):
@@ -104,37 +139,51 @@ class OrderController(Controller):
 
     @post(
         "/{order_id:str}/signals/approve",
-        status_code=HTTP_202_ACCEPTED,
         summary="Approve the order",
-        responses=SIGNAL_ERRORS,
+        description=ACTION_DESCRIPTION,
+        status_code=HTTP_200_OK,
+        responses=ACTION_RESPONSES,
     )
-    async def approve(self, order_service: Service, order_id: OrderId) -> dict[str, bool]:
-        await order_service.approve(order_id)
-        return ACCEPTED
+    async def approve(self, order_service: Service, order_id: OrderId) -> Response[ActionAnswer]:
+        return action_answer(order_id, await order_service.approve(order_id))
 
     @post(
         "/{order_id:str}/signals/cancel",
-        status_code=HTTP_202_ACCEPTED,
         summary="Cancel the order",
-        responses=SIGNAL_ERRORS,
+        description=ACTION_DESCRIPTION,
+        status_code=HTTP_200_OK,
+        responses=ACTION_RESPONSES,
     )
     async def cancel(
         self, order_service: Service, order_id: OrderId, data: JSONBody[Optional[CancelBody]] = None
-    ) -> dict[str, bool]:
-        await order_service.cancel(order_id, data.reason if data else None)
-        return ACCEPTED
+    ) -> Response[ActionAnswer]:
+        return action_answer(order_id, await order_service.cancel(order_id, data.reason if data else None))
 
     @post(
         "/{order_id:str}/signals/update-address",
-        status_code=HTTP_202_ACCEPTED,
         summary="Change the shipping address",
-        responses=SIGNAL_ERRORS,
+        description=ACTION_DESCRIPTION,
+        status_code=HTTP_200_OK,
+        responses=ACTION_RESPONSES,
     )
     async def update_address(
-        self, order_service: Service, order_id: OrderId, data: JSONBody[UpdateAddressBody]
-    ) -> dict[str, bool]:
-        await order_service.update_address(order_id, data.address.to_address())
-        return ACCEPTED
+        self,
+        order_service: Service,
+        order_id: OrderId,
+        # A plain object, because msgspec cannot decode a union of two structs; the handler
+        # converts it, and the schema documents both shapes.
+        data: Annotated[
+            dict[str, Any],
+            Body(
+                description='The new address, as `{"address": {...}}` or as the address '
+                "object itself.",
+                schema_extra=UPDATE_ADDRESS_SCHEMA,
+            ),
+        ],
+    ) -> Response[ActionAnswer]:
+        return action_answer(
+            order_id, await order_service.update_address(order_id, address_of_update(data))
+        )
 
     @get(
         "/{order_id:str}/status",

@@ -71,6 +71,7 @@ from web.schemas import DEFAULT_LIST_LIMIT, MAX_BODY_BYTES
 from web.security import CSRF_HEADER, OPERATOR_COOKIE, OperatorAccess, OperatorLoginRequired
 from web.service import (
     ActionNotAllowed,
+    ActionOutcome,
     DependencyUnavailable,
     OrderConflict,
     OrderNotFound,
@@ -269,18 +270,19 @@ async def _act(
     request: HTMXRequest,
     order_service: OrderService,
     order_id: str,
-    action: Callable[[], Awaitable[None]],
-    done: str,
+    action: Callable[[], Awaitable[ActionOutcome]],
 ) -> Response:
+    """Run an operator action; the row shows its outcome in the workflow's words."""
     try:
-        await action()
+        outcome = await action()
     except ActionNotAllowed as refusal:
         return await _after_action(
             request, order_service, order_id, Notice("refused", str(refusal)), HTTP_409_CONFLICT
         )
     if not request.htmx:
         return Redirect(f"/orders/{quote(order_id)}", status_code=HTTP_303_SEE_OTHER)
-    return await _after_action(request, order_service, order_id, Notice("ok", done), 200)
+    notice = Notice("ok" if outcome.result else "queued", outcome.sentence(order_id))
+    return await _after_action(request, order_service, order_id, notice, 200)
 
 
 async def _invalid(
@@ -306,7 +308,12 @@ class Link:
 
 
 def _error_page(
-    request: Request, status_code: int, title: str, message: str, link: Optional[Link] = None
+    request: Request,
+    status_code: int,
+    title: str,
+    message: str,
+    link: Optional[Link] = None,
+    headers: Optional[dict[str, str]] = None,
 ) -> Response:
     context = {"title": title, "message": message, "link": link}
     if isinstance(request, HTMXRequest) and request.htmx:
@@ -314,10 +321,13 @@ def _error_page(
             template_name="_alert.html",
             context=context,
             status_code=status_code,
+            headers=headers,
             re_target=ALERTS,
             re_swap="innerHTML",
         )
-    return Template(template_name="error.html", context=context, status_code=status_code)
+    return Template(
+        template_name="error.html", context=context, status_code=status_code, headers=headers
+    )
 
 
 def _not_found(request: Request, exc: OrderNotFound) -> Response:
@@ -331,11 +341,23 @@ def _bad_request(request: Request, exc: ValidationException) -> Response:
 
 
 def _unavailable(request: Request, exc: DependencyUnavailable) -> Response:
+    # The message is written for the operator at the board; what actually failed is for the log.
     logger.warning(
         "dependency unavailable",
-        extra={"event": "dependency_unavailable", "component": exc.component, "error": str(exc)},
+        extra={
+            "event": "dependency_unavailable",
+            "component": exc.component,
+            "error": str(exc),
+            "cause": repr(exc.__cause__) if exc.__cause__ else None,
+        },
     )
-    return _error_page(request, HTTP_503_SERVICE_UNAVAILABLE, "Temporarily unavailable", str(exc))
+    return _error_page(
+        request,
+        HTTP_503_SERVICE_UNAVAILABLE,
+        "Temporarily unavailable",
+        str(exc),
+        headers={"Retry-After": str(exc.retry_after_seconds)},
+    )
 
 
 def _csrf_refused(request: Request, _: PermissionDeniedException) -> Response:
@@ -477,9 +499,7 @@ class BoardController(Controller):
     async def approve(
         self, request: HTMXRequest, order_service: Service, order_id: OrderId
     ) -> Response:
-        return await _act(
-            request, order_service, order_id, lambda: order_service.approve(order_id), "Approved."
-        )
+        return await _act(request, order_service, order_id, lambda: order_service.approve(order_id))
 
     @post("/board/orders/{order_id:str}/cancel", status_code=200)
     async def cancel(
@@ -495,7 +515,6 @@ class BoardController(Controller):
             order_service,
             order_id,
             lambda: order_service.cancel(order_id, cancel.reason),
-            "Cancellation requested.",
         )
 
     @post("/board/orders/{order_id:str}/address", status_code=200)
@@ -512,7 +531,6 @@ class BoardController(Controller):
             order_service,
             order_id,
             lambda: order_service.update_address(order_id, address.to_address()),
-            "New address sent.",
         )
 
     @get("/orders/{order_id:str}")

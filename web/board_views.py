@@ -86,6 +86,8 @@ class OrderRow:
     run_seconds: Optional[float] = None
     """Start to finish, once finished."""
     allowed_actions: tuple[str, ...] = ()
+    waiting_for: tuple[str, ...] = ()
+    """While parked at review: `approval` and/or `shipping_address`."""
     closed: bool = False
     """The workflow has ended; nothing about the order changes any more."""
     live: bool = True
@@ -142,6 +144,7 @@ def row_from_summary(summary: OrderSummary, now: datetime) -> OrderRow:
         deadline_seconds=(deadline - started).total_seconds(),
         run_seconds=seconds_between(status.started_at, status.finished_at),
         allowed_actions=tuple(status.allowed_actions),
+        waiting_for=tuple(status.waiting_for),
         closed=summary.closed,
         address=None if status.address is None else vars(status.address),
     )

@@ -54,7 +54,11 @@ _REWORDINGS = [
     (re.compile(r"^Expected `str` matching regex (.+)"), "must match the pattern {0}"),
     (re.compile(r"^Invalid enum value (.+)"), "has an unknown value {0}"),
 ]
-_FIELD_PROBLEM = re.compile(r"^Object (missing required|contains unknown) field `(\w+)`")
+_FIELD_PROBLEM = re.compile(
+    r"^Object (missing required|contains unknown) field `(\w+)`(?: \(or its alias `(\w+)`\))?"
+)
+# An address field sent under two of its names (web/schemas.py's AddressBody).
+_NAMED_TWICE = re.compile(r"^Object contains one field under several names: (.+)")
 _BODY_KEYS = ("", "data")
 
 
@@ -83,15 +87,19 @@ def _field_problem(request: Request, error: dict[str, Any]) -> str:
     source = getattr(error.get("source"), "value", error.get("source"))
     if source in ("path", "query"):
         return f"{source} parameter {_parameter_name(request, key)!r} {reworded(message)}"
+    # For a field missing, unknown or sent twice, the key is the object holding it.
+    parent = "" if key in _BODY_KEYS else key + "."
     if field_problem := _FIELD_PROBLEM.match(message):
-        # For a missing or unknown field, Litestar's key is the object holding it.
-        parent = "" if key in _BODY_KEYS else key + "."
-        what = (
-            "is required"
-            if field_problem.group(1) == "missing required"
-            else "is not a known field"
+        missing, name, alias = field_problem.groups()
+        named = repr(parent + name) + (f" (or its alias {parent + alias!r})" if alias else "")
+        what = "is required" if missing == "missing required" else "is not a known field"
+        return f"field {named} {what}"
+    if named_twice := _NAMED_TWICE.match(message):
+        names = [repr(parent + name) for name in re.findall(r"`(\w+)`", named_twice.group(1))]
+        return (
+            f"fields {', '.join(names[:-1])} and {names[-1]} are one field under different "
+            "names; send only one of them"
         )
-        return f"field {parent + field_problem.group(2)!r} {what}"
     if key in _BODY_KEYS:
         # An absent body shows up as a KeyError message naming the `data` argument.
         problem = "is required" if message == repr("data") else reworded(message)
@@ -142,12 +150,21 @@ def _conflict(_: Request, exc: Exception) -> Response:
 
 
 def _unavailable(_: Request, exc: DependencyUnavailable) -> Response:
+    # The detail is written for the caller; what actually failed is for the operator's log.
     logger.warning(
         "dependency unavailable",
-        extra={"event": "dependency_unavailable", "component": exc.component, "error": str(exc)},
+        extra={
+            "event": "dependency_unavailable",
+            "component": exc.component,
+            "error": str(exc),
+            "cause": repr(exc.__cause__) if exc.__cause__ else None,
+        },
     )
-    headers = {"Retry-After": str(exc.retry_after_seconds)} if exc.retry_after_seconds else None
-    return error_response(HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers=headers)
+    return error_response(
+        HTTP_503_SERVICE_UNAVAILABLE,
+        str(exc),
+        headers={"Retry-After": str(exc.retry_after_seconds)},
+    )
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:

@@ -13,11 +13,19 @@ from typing import Any, Mapping, Optional, TypeVar
 import msgspec
 
 from web.errors import reworded
-from web.schemas import AddressBody, CancelBody, Identifier, ItemBody, StartOrderBody
+from web.schemas import (
+    ALIAS_NAMES,
+    AddressBody,
+    CancelBody,
+    Identifier,
+    ItemBody,
+    StartOrderBody,
+)
 
 S = TypeVar("S", bound=msgspec.Struct)
 
 ADDRESS_PREFIX = "address."
+ADDRESS_ALIAS_FIELDS = frozenset(ADDRESS_PREFIX + alias for alias in ALIAS_NAMES)
 ITEM_ROWS = 3
 """Item lines the new-order form offers; blank lines are ignored."""
 
@@ -81,7 +89,13 @@ def _is_blank(form: Mapping[str, str], prefix: str, struct_type: type[msgspec.St
 
 
 def address_from_form(form: Mapping[str, str]) -> tuple[Optional[AddressBody], FieldErrors]:
-    return struct_from_form(AddressBody, form, ADDRESS_PREFIX)
+    """The address fields of a form. A form has the canonical fields only (the aliases are for
+    JSON clients), so its street line, which AddressBody cannot require, is `line1`."""
+    canonical = {name: value for name, value in form.items() if name not in ADDRESS_ALIAS_FIELDS}
+    address, errors = struct_from_form(AddressBody, canonical, ADDRESS_PREFIX)
+    if not canonical.get(ADDRESS_PREFIX + "line1"):
+        errors[ADDRESS_PREFIX + "line1"] = "is required"
+    return (None if errors else address), errors
 
 
 def cancel_from_form(form: Mapping[str, str]) -> tuple[Optional[CancelBody], FieldErrors]:

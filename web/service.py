@@ -26,16 +26,35 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
 )
-from temporalio.common import QueryRejectCondition, WorkflowIDReusePolicy
+from temporalio.common import (
+    QueryRejectCondition,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RetryConfig, RPCError, RPCStatusCode
 
-from orchestration.models import Address, AddressUpdate, CancelOrder, Item, OrderInput, OrderStatus
+from orchestration.models import (
+    ORDER_STATE_ATTRIBUTE,
+    PARKED_STATES,
+    STARTED,
+    ActionResult,
+    Address,
+    AddressUpdate,
+    CancelOrder,
+    Item,
+    OrderInput,
+    OrderStatus,
+)
 from orchestration.order_workflow import OrderWorkflow
 from orchestration.settings import Settings
 from orchestration.shipping_workflow import ShippingWorkflow
-from orchestration.temporal_client import connect_options
+from orchestration.temporal_client import connect_options, ensure_search_attributes
 from orchestration.tables import Event, Order, Payment
 from web.summary_cache import RefreshingCache
 
@@ -65,6 +84,13 @@ LIVE_SUMMARY_REFRESHES = 16
 SUMMARY_CONCURRENCY = 8
 # The order page lists at most this many events (each failed attempt is one).
 MAX_EVENTS_LISTED = 500
+# An operator action is a workflow update, which a worker must accept: a worker answers within
+# milliseconds, so waiting longer than this means none runs (restarting), and the action goes
+# as a signal instead. The answer then waits for the outcome, which may take a carrier call or a
+# refund, and comes within the order's 15 s in any case.
+UPDATE_ACCEPT_TIMEOUT = timedelta(seconds=3)
+UPDATE_RESULT_TIMEOUT = timedelta(seconds=20)
+ACTION_WORDS = {"approve": "approved", "cancel": "cancelled", "update_address": "given a new address"}
 
 
 class OrderNotFound(Exception):
@@ -81,10 +107,19 @@ class ActionNotAllowed(Exception):
     """The order does not accept this operator action in its current state."""
 
 
-class DependencyUnavailable(Exception):
-    """Temporal or PostgreSQL did not answer; the request may be retried later."""
+# An outage the system rides out by itself (PostgreSQL restarting, a worker coming back) passes
+# within seconds, and after a failed connect to Temporal the next attempt waits
+# RECONNECT_PAUSE_SECONDS anyway: a caller asking again sooner only adds load.
+OUTAGE_RETRY_AFTER_SECONDS = 2
 
-    def __init__(self, component: str, message: str, retry_after_seconds: Optional[int] = None) -> None:
+
+class DependencyUnavailable(Exception):
+    """Temporal or PostgreSQL did not answer, or the system is full; the request may be sent
+    again after `retry_after_seconds`. The message is a sentence for the person waiting."""
+
+    def __init__(
+        self, component: str, message: str, retry_after_seconds: int = OUTAGE_RETRY_AFTER_SECONDS
+    ) -> None:
         super().__init__(message)
         self.component = component
         self.retry_after_seconds = retry_after_seconds
@@ -93,7 +128,11 @@ class DependencyUnavailable(Exception):
 # Orders end within 15 s, and at the limit about one ends every few hundred milliseconds, so a
 # refused start may try again almost at once.
 AT_CAPACITY_RETRY_AFTER_SECONDS = 1
-RUNNING_ORDERS_QUERY = "WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Running'"
+# Orders doing work: running, and not parked waiting for a person (see _check_capacity).
+ACTIVE_ORDERS_QUERY = (
+    f"WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Running' AND "
+    f"{ORDER_STATE_ATTRIBUTE.name} NOT IN ({', '.join(repr(state) for state in sorted(PARKED_STATES))})"
+)
 IN_FLIGHT_RECOUNT_SECONDS = 0.25
 
 
@@ -103,6 +142,33 @@ class StartedOrder:
     workflow_id: str
     run_id: str
     deadline_seconds: float
+
+
+@dataclass
+class ActionOutcome:
+    """What an operator action did: the workflow's answer, or why there is none yet."""
+
+    action: str
+    result: Optional[ActionResult] = None
+    queued: bool = False
+    """No worker took the update in time; the action was sent as a signal, to be run later."""
+    pending: bool = False
+    """Accepted, but its outcome took longer than UPDATE_RESULT_TIMEOUT to come."""
+
+    def sentence(self, order_id: str) -> str:
+        """The outcome in words, for the operator."""
+        if self.result is not None:
+            return f"Order {order_id}: {self.result.message}."
+        if self.queued:
+            return (
+                f"No worker took the action within {UPDATE_ACCEPT_TIMEOUT.total_seconds():g} s "
+                "(workers may be restarting); it is queued and runs as soon as a worker is back. "
+                f"Follow GET /orders/{order_id}/status."
+            )
+        return (
+            "The action was accepted; its outcome is taking longer than "
+            f"{UPDATE_RESULT_TIMEOUT.total_seconds():g} s. Follow GET /orders/{order_id}/status."
+        )
 
 
 @dataclass
@@ -154,23 +220,44 @@ class TemporalConnection:
                 if time.monotonic() - self._failed_at < RECONNECT_PAUSE_SECONDS:
                     raise self._unavailable()
                 try:
-                    self._client = await asyncio.wait_for(
-                        Client.connect(
-                            self._settings.address,
-                            **connect_options(self._settings),
-                            retry_config=WEB_RETRY_CONFIG,
-                        ),
-                        CONNECT_TIMEOUT_SECONDS,
-                    )
+                    self._client = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT_SECONDS)
                 except (RuntimeError, TimeoutError, RPCError) as err:
                     self._failed_at = time.monotonic()
                     raise self._unavailable() from err
         return self._client
 
+    async def _connect(self) -> Client:
+        client = await Client.connect(
+            self._settings.address, **connect_options(self._settings), retry_config=WEB_RETRY_CONFIG
+        )
+        # Orders are started with it; an unknown attribute would fail the start.
+        await ensure_search_attributes(client)
+        return client
+
     def _unavailable(self) -> DependencyUnavailable:
         return DependencyUnavailable(
             "temporal", f"Temporal at {self._settings.address} is unavailable; try again later."
         )
+
+
+_TEMPORAL_TIMED_OUT = (
+    f"Temporal did not answer within {CALL_TIMEOUT.total_seconds():g} s (a worker may be "
+    "restarting, or the system is busy)"
+)
+# Temporal's failures that pass by themselves, each with the start of a sentence for the person
+# waiting; the technical message goes to the log with the error's cause.
+_TEMPORAL_OUTAGES = {
+    RPCStatusCode.UNAVAILABLE: "Temporal cannot be reached",
+    # A query the server held until our deadline because no worker took it ("query timed out
+    # before a worker could process it"), or any call cut at our rpc_timeout ("Timeout
+    # expired"): what a status query gets while no order worker runs.
+    RPCStatusCode.DEADLINE_EXCEEDED: _TEMPORAL_TIMED_OUT,
+    RPCStatusCode.CANCELLED: _TEMPORAL_TIMED_OUT,
+    # The server shedding queries under load ("consistent query buffer is full").
+    RPCStatusCode.RESOURCE_EXHAUSTED: "Temporal is too busy to answer",
+    # A query while the workflow's task is failing and being retried, e.g. after a worker died.
+    RPCStatusCode.FAILED_PRECONDITION: "The order's workflow cannot answer while it recovers",
+}
 
 
 @asynccontextmanager
@@ -181,25 +268,19 @@ async def _temporal_call(order_id: Optional[str] = None) -> AsyncIterator[None]:
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND and order_id is not None:
             raise OrderNotFound(order_id) from err
-        # Each of these passes and the caller should try again shortly: RESOURCE_EXHAUSTED is the
-        # server shedding queries under load ("consistent query buffer is full"); CANCELLED is a
-        # call cut at our rpc_timeout ("Timeout expired"), e.g. a query while no worker runs;
-        # FAILED_PRECONDITION is a query while the workflow's task is failing and being retried.
-        if err.status in (
-            RPCStatusCode.UNAVAILABLE,
-            RPCStatusCode.DEADLINE_EXCEEDED,
-            RPCStatusCode.RESOURCE_EXHAUSTED,
-            RPCStatusCode.CANCELLED,
-            RPCStatusCode.FAILED_PRECONDITION,
-        ):
+        if (reason := _TEMPORAL_OUTAGES.get(err.status)) is not None:
             raise DependencyUnavailable(
-                "temporal", f"Temporal did not answer ({err.message}); try again later."
+                "temporal", f"{reason}; try again in {OUTAGE_RETRY_AFTER_SECONDS} seconds."
             ) from err
         raise
 
 
 @asynccontextmanager
 async def _database_call() -> AsyncIterator[None]:
+    """Turn losing PostgreSQL into DependencyUnavailable: refused connections while it is down
+    (OSError), "the database system is shutting down / starting up" (OperatorInterventionError),
+    and a pooled connection closed under a running query by a restart or pg_terminate_backend
+    (ConnectionDoesNotExistError, a PostgresConnectionError; InterfaceError once closed)."""
     try:
         yield
     except (
@@ -207,12 +288,13 @@ async def _database_call() -> AsyncIterator[None]:
         TimeoutError,
         asyncpg.PostgresConnectionError,
         asyncpg.InterfaceError,
-        # "the database system is shutting down / starting up": a restart in progress.
         asyncpg.exceptions.OperatorInterventionError,
         asyncpg.exceptions.InternalClientError,
     ) as err:
         raise DependencyUnavailable(
-            "database", f"The database is unavailable ({err}); try again later."
+            "database",
+            "The database did not answer (it may be restarting); "
+            f"try again in {OUTAGE_RETRY_AFTER_SECONDS} seconds.",
         ) from err
 
 
@@ -309,6 +391,10 @@ class OrderService:
                     ),
                     id=workflow_id,
                     task_queue=self._settings.temporal.orders_task_queue,
+                    # Counted as doing work (admission) from its first moment.
+                    search_attributes=TypedSearchAttributes(
+                        [SearchAttributePair(ORDER_STATE_ATTRIBUTE, STARTED)]
+                    ),
                     # The workflow id is the order's identity: never run one order twice, even
                     # after the first run has closed.
                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -324,13 +410,15 @@ class OrderService:
         )
 
     async def _check_capacity(self, client: Client) -> None:
-        """Admit a new order once fewer than MAX_ORDERS_IN_FLIGHT run. Past what the machine can
-        carry, every order would be late; holding the newest back keeps the 15-second promise
-        for the ones already accepted. A start waits up to ADMISSION_WAIT_SECONDS for a free
-        place, first come first, and is then refused with Retry-After: a burst is absorbed
-        without the caller retrying, and callers retrying in a loop cost the busy machine more
-        than callers waiting quietly. The count comes from Temporal, so it holds across web
-        replicas; starts racing each other may overshoot it by a few."""
+        """Admit a new order once fewer than MAX_ORDERS_IN_FLIGHT are doing work. Past what the
+        machine can carry, every order would be late; holding the newest back keeps the
+        15-second promise for the ones already accepted. Orders parked at review, waiting for a
+        person (an approval or an address), cost the machine nothing and hold no place. A start
+        waits up to ADMISSION_WAIT_SECONDS for a free place, first come first, and is then
+        refused with Retry-After: a burst is absorbed without the caller retrying, and callers
+        retrying in a loop cost the busy machine more than callers waiting quietly. The count
+        comes from Temporal's visibility (the OrderState search attribute), so it holds across
+        web replicas; starts racing each other may overshoot it by a few."""
         limit = self._settings.web.max_orders_in_flight
         if limit <= 0:
             return
@@ -346,7 +434,7 @@ class OrderService:
                 if time.monotonic() >= give_up_at:
                     raise DependencyUnavailable(
                         "capacity",
-                        f"{running} orders are in flight, the most this system takes at once "
+                        f"{running} orders are being processed, the most this system takes at once "
                         f"({limit}), and none ended within "
                         f"{self._settings.web.admission_wait_seconds:g} s; try again in a moment.",
                         retry_after_seconds=AT_CAPACITY_RETRY_AFTER_SECONDS,
@@ -370,7 +458,7 @@ class OrderService:
                 return count
             async with _temporal_call():
                 running = await client.count_workflows(
-                    RUNNING_ORDERS_QUERY, rpc_timeout=CALL_TIMEOUT
+                    ACTIVE_ORDERS_QUERY, rpc_timeout=CALL_TIMEOUT
                 )
             self._in_flight = (time.monotonic(), running.count)
             return running.count
@@ -395,54 +483,80 @@ class OrderService:
                 f"Payment id {payment_id} is already used by order {payment_owner['order_id']}."
             )
 
-    async def current_status(self, order_id: str) -> OrderStatus:
-        handle = await self._order_handle(order_id)
-        async with _temporal_call(order_id):
-            return await handle.query(OrderWorkflow.status, rpc_timeout=CALL_TIMEOUT)
+    async def approve(self, order_id: str) -> ActionOutcome:
+        return await self._act(order_id, "approve", OrderWorkflow.approve_update, OrderWorkflow.approve)
 
-    async def _require_allowed(self, order_id: str, action: str, description: str) -> None:
-        """Refuse an action the order does not accept now, saying why. The workflow checks again
-        when the signal arrives, and records a refusal if the order moved on meanwhile."""
-        try:
-            status = await self.current_status(order_id)
-        except DependencyUnavailable:
-            # A query can fail while the signal would not: a workflow that has not run its
-            # first task yet holds a single query ("consistent query buffer is full"). The
-            # workflow's own check then decides, and a refusal is recorded where it applies.
-            return
-        if action in status.allowed_actions:
-            return
-        if action == "approve" and status.approved:
-            why = "it is already approved"
-        else:
-            why = f"its state is {status.state}"
-            if status.reason:
-                why += f" ({status.reason})"
-        accepted = ", ".join(status.allowed_actions) or "no operator actions"
-        raise ActionNotAllowed(
-            f"Order {order_id} cannot be {description} now: {why}; it accepts {accepted}."
+    async def cancel(self, order_id: str, reason: Optional[str]) -> ActionOutcome:
+        request = CancelOrder(reason) if reason else CancelOrder()
+        return await self._act(
+            order_id, "cancel", OrderWorkflow.cancel_update, OrderWorkflow.cancel_order, request
         )
 
-    async def approve(self, order_id: str) -> None:
-        await self._require_allowed(order_id, "approve", "approved")
-        handle = await self._order_handle(order_id)
-        async with _temporal_call(order_id):
-            await handle.signal(OrderWorkflow.approve, rpc_timeout=CALL_TIMEOUT)
+    async def update_address(self, order_id: str, address: Address) -> ActionOutcome:
+        return await self._act(
+            order_id,
+            "update_address",
+            OrderWorkflow.update_address_update,
+            OrderWorkflow.update_address,
+            AddressUpdate(address),
+        )
 
-    async def cancel(self, order_id: str, reason: Optional[str]) -> None:
-        await self._require_allowed(order_id, "cancel", "cancelled")
-        handle = await self._order_handle(order_id)
-        request = CancelOrder(reason) if reason else CancelOrder()
-        async with _temporal_call(order_id):
-            await handle.signal(OrderWorkflow.cancel_order, request, rpc_timeout=CALL_TIMEOUT)
+    async def _act(self, order_id: str, action: str, update, signal, *args: Any) -> ActionOutcome:
+        """Send an operator action as a workflow update and answer with its outcome; a refusal
+        (the update's validator, or the action failing) raises ActionNotAllowed with the
+        workflow's own reason.
 
-    async def update_address(self, order_id: str, address: Address) -> None:
-        await self._require_allowed(order_id, "update_address", "given a new address")
+        An update needs a worker to run it. When none accepts it within UPDATE_ACCEPT_TIMEOUT
+        (workers restarting), the action goes as the signal of the same name instead, which
+        Temporal keeps until a worker runs it: an operator's action is never lost. Should the
+        update still be delivered later as well, the workflow takes the same action once."""
         handle = await self._order_handle(order_id)
-        async with _temporal_call(order_id):
-            await handle.signal(
-                OrderWorkflow.update_address, AddressUpdate(address), rpc_timeout=CALL_TIMEOUT
-            )
+        try:
+            async with _temporal_call(order_id):
+                try:
+                    accepted = await handle.start_update(
+                        update,
+                        *args,
+                        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                        rpc_timeout=UPDATE_ACCEPT_TIMEOUT,
+                    )
+                except WorkflowUpdateRPCTimeoutOrCancelledError:
+                    await handle.signal(signal, *args, rpc_timeout=CALL_TIMEOUT)
+                    return ActionOutcome(action, queued=True)
+                try:
+                    result = await accepted.result(rpc_timeout=UPDATE_RESULT_TIMEOUT)
+                except WorkflowUpdateRPCTimeoutOrCancelledError:
+                    return ActionOutcome(action, pending=True)
+        except WorkflowUpdateFailedError as err:
+            raise ActionNotAllowed(
+                f"Order {order_id} cannot be {ACTION_WORDS[action]} now: {err.cause}."
+            ) from err
+        except OrderNotFound:
+            # An update to a workflow that has ended answers NOT_FOUND too; say why instead.
+            final = await self._closed_status(handle)
+            if final is None:
+                raise
+            raise ActionNotAllowed(
+                f"Order {order_id} cannot be {ACTION_WORDS[action]} now: it is already "
+                f"{final.state}."
+            ) from None
+        return ActionOutcome(action, result=result)
+
+    async def _closed_status(
+        self, handle: WorkflowHandle[OrderWorkflow, OrderStatus]
+    ) -> Optional[OrderStatus]:
+        """The final status of an order whose workflow has closed; None when there is no such
+        workflow (or it still runs)."""
+        try:
+            async with _temporal_call():
+                description = await handle.describe(rpc_timeout=CALL_TIMEOUT)
+                if description.status == WorkflowExecutionStatus.RUNNING:
+                    return None
+                return await self._final_status(handle)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
 
     async def order_status(self, order_id: str, wait_seconds: float = 0) -> dict[str, Any]:
         """The workflow's own status plus what the server knows live: pending activities with
