@@ -1,17 +1,21 @@
 """Temporal activities: thin wrappers around the business functions.
 
-Retrying is Temporal's job (the workflows set retry policies); an activity makes one attempt.
-What an activity adds is the attempt's own deadline: flaky_call can hang for 300 s, and
-Temporal's start-to-close timeout does not stop the coroutine (the SDK cancels it only seconds
-later), so a hung call would hold a worker slot long after its attempt was written off. A hung
-outside call is therefore cut off inside the worker after `attempt_timeout` seconds, well below
-the server-side start-to-close, which stays as a backstop for crashed workers. An outside call
-that returned is never cut off while its record is being written (see `_cut_off_if_hung`).
+The workflows run them as local activities: each attempt runs in the worker that runs the
+workflow, and Temporal's retry policy retries it there, writing one marker per step into the
+history instead of an activity task, a timer and several events per attempt (a step fails two
+attempts in three). An activity makes one attempt; what it adds is the attempt's own deadline.
+flaky_call can hang for 300 s, so a hung outside call is cut off inside the worker after
+`attempt_timeout` seconds. A local activity cannot carry a start-to-close timeout here (with
+one, temporalio 1.35's core panics when the activity is retried: "receive half not dropped",
+seen 131 times in 300 orders), so the attempt as a whole, database writes included, is bounded
+by `backstop` in the worker too. An outside call that returned is never cut off while its record
+is being written (see `_cut_off_if_hung`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 from typing import Awaitable, Callable, TypeVar
 
 from temporalio import activity
@@ -32,7 +36,7 @@ from orchestration.models import (
     ShippingStepInput,
     StepResult,
 )
-from orchestration.progress import BUSINESS_RULE_VIOLATION
+from orchestration.progress import BUSINESS_RULE_VIOLATION, DEADLINE_EXCEEDED_ERROR
 from orchestration.tables import Event
 
 T = TypeVar("T")
@@ -46,19 +50,61 @@ ATTEMPT_FAILED = "attempt_failed"
 FAILURE_RECORD_TIMEOUT_SECONDS = 1.0
 
 
+def check_step_budget() -> None:
+    """End the retries once the step's schedule-to-close budget has run out.
+
+    temporalio 1.35's core does not enforce a local activity's schedule-to-close timeout: it
+    retried a failing one for minutes past a 2-s budget. The budget is the activity's own
+    (scheduled time + schedule-to-close, the same in every attempt), so the attempt that starts
+    past it fails for good, as Temporal would have failed the step."""
+    info = activity.info()
+    if info.schedule_to_close_timeout and datetime.now(timezone.utc) >= (
+        info.scheduled_time + info.schedule_to_close_timeout
+    ):
+        raise ApplicationError(
+            f"the step's {info.schedule_to_close_timeout.total_seconds():g} s budget ran out "
+            f"after {info.attempt - 1} attempts",
+            type=DEADLINE_EXCEEDED_ERROR,
+            non_retryable=True,
+        )
+
+
+class HungCallCutOff(Exception):
+    """The outside call hung past the attempt's cut-off and was cancelled."""
+
+
 class OrderActivities:
     """Activities of both task queues; one instance per worker process."""
 
-    def __init__(self, attempt_timeout: float, counter: ActivityCounter | None = None) -> None:
+    def __init__(
+        self, attempt_timeout: float, counter: ActivityCounter | None = None, *, backstop: float = 2.0
+    ) -> None:
         self.attempt_timeout = attempt_timeout
+        self.backstop = backstop
         self.counter = counter or ActivityCounter()
 
     async def _attempt(self, order_id: str, call: Callable[[], Awaitable[T]]) -> tuple[T, list[ErrorRecord]]:
         """Run one attempt within its deadline; returns the result and earlier attempts' errors."""
+        check_step_budget()
+        try:
+            async with asyncio.timeout(self.backstop):
+                return await self._bounded_attempt(order_id, call)
+        except TimeoutError:
+            # A database that stopped answering; the write, if one started, finishes on its own.
+            message = f"attempt exceeded its {self.backstop:g} s backstop"
+            activity.logger.warning(
+                "activity attempt failed",
+                extra={"event": "attempt_timed_out", "order_id": order_id, "error": message, "next": "retry"},
+            )
+            raise ApplicationError(message, type=ATTEMPT_TIMED_OUT_ERROR, category=BENIGN) from None
+
+    async def _bounded_attempt(
+        self, order_id: str, call: Callable[[], Awaitable[T]]
+    ) -> tuple[T, list[ErrorRecord]]:
         info = activity.info()
         try:
             result = await self._cut_off_if_hung(call)
-        except TimeoutError:
+        except HungCallCutOff:
             message = f"attempt timed out after {self.attempt_timeout:g}s"
             await self._record_failure(order_id, message, "timeout")
             raise ApplicationError(message, type=ATTEMPT_TIMED_OUT_ERROR, category=BENIGN) from None
@@ -89,7 +135,7 @@ class OrderActivities:
             if not attempt.done() and not writes:
                 attempt.cancel()
                 await asyncio.wait({attempt})
-                raise TimeoutError
+                raise HungCallCutOff
             return await attempt
         finally:
             # A no-op once it is done; ends a hung call when Temporal cancels this activity.
@@ -208,24 +254,32 @@ class OrderActivities:
         )
         return StepResult(attempt=activity.info().attempt, detail=detail, errors=errors)
 
+    # Bookkeeping: writes with no outside call, bounded like an attempt.
+
     @activity.defn
     @counted
     async def record_address(self, input: RecordAddressInput) -> None:
-        await business.record_address(input.order_id, input.address, input.version)
+        check_step_budget()
+        async with asyncio.timeout(self.backstop):
+            await business.record_address(input.order_id, input.address, input.version)
 
     @activity.defn
     @counted
     async def close_order(self, input: CloseOrderInput) -> None:
-        await business.close_order(
-            input.order_id, input.state, input.reason, input.payment_id, input.items
-        )
+        check_step_budget()
+        async with asyncio.timeout(self.backstop):
+            await business.close_order(
+                input.order_id, input.state, input.reason, input.payment_id, input.items
+            )
 
     @activity.defn
     @counted
     async def record_event(self, input: RecordEventInput) -> None:
-        await business.record_event(
-            input.order_id, input.event_type, input.event_key, input.payload
-        )
+        check_step_budget()
+        async with asyncio.timeout(self.backstop):
+            await business.record_event(
+                input.order_id, input.event_type, input.event_key, input.payload
+            )
 
     # Shipping queue.
 

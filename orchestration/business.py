@@ -186,9 +186,25 @@ async def _validate_order(order_id: str) -> bool:
 
 
 async def payment_charged(order_id: str, payment_id: str) -> dict[str, Any]:
-    """Charge once per payment_id; a repeat returns the stored payment, marked as a duplicate."""
+    """Charge once per payment_id. The payment record is checked first: a payment id already
+    charged is never sent to the provider again (a step re-run after a crash or a lost answer),
+    and the stored payment comes back, marked as a duplicate. The insert after the charge is
+    keyed by payment_id too, so two attempts racing past the check still record one charge."""
+    if (stored := await _stored_payment(order_id, payment_id)) is not None:
+        return stored
     await flaky_call()
     return await _record(_insert_payment(order_id, payment_id))
+
+
+async def _stored_payment(order_id: str, payment_id: str) -> Optional[dict[str, Any]]:
+    stored = await Payment.select().where(Payment.payment_id == payment_id).first()
+    if stored is None:
+        return None
+    if stored["order_id"] != order_id:
+        raise BusinessRuleViolation(
+            f"payment id {payment_id} already belongs to order {stored['order_id']}"
+        )
+    return {"status": stored["status"], "amount": stored["amount"], "already_processed": True}
 
 
 async def _insert_payment(order_id: str, payment_id: str) -> dict[str, Any]:
@@ -217,16 +233,23 @@ async def _insert_payment(order_id: str, payment_id: str) -> dict[str, Any]:
             )
             await _advance_state(order_id, CHARGED, [VALIDATED, RECEIVED])
             return {"status": "charged", "amount": amount, "already_processed": False}
-    stored = await Payment.select().where(Payment.payment_id == payment_id).first()
-    if stored["order_id"] != order_id:
-        raise BusinessRuleViolation(
-            f"payment id {payment_id} already belongs to order {stored['order_id']}"
-        )
-    return {"status": stored["status"], "amount": stored["amount"], "already_processed": True}
+    stored = await _stored_payment(order_id, payment_id)
+    assert stored is not None, "the insert found the payment"
+    return stored
 
 
 async def payment_refunded(order_id: str, payment_id: str, reason: str) -> dict[str, Any]:
-    """Refund a charged payment once; with no charge on record there is nothing to refund."""
+    """Refund a charged payment once. The record is checked first: with no charge on record, or
+    one already refunded, nothing is sent to the provider."""
+    stored = (
+        await Payment.select()
+        .where((Payment.payment_id == payment_id) & (Payment.order_id == order_id))
+        .first()
+    )
+    if stored is None:
+        return {"status": "not_charged", "amount": 0}
+    if stored["status"] != "charged":
+        return {"status": stored["status"], "amount": stored["amount"]}
     await flaky_call()
     return await _record(_refund_payment(order_id, payment_id, reason))
 

@@ -97,9 +97,11 @@ class OrderPolicy:
     """Pause between attempts of a failed activity. flaky_call fails at once or hangs; waiting
     longer before the next try buys nothing but latency (0.05 s cost 0.3 s per order), while
     5 ms made the server work harder at 10 orders in flight (p99 4.4 -> 6.0 s)."""
-    attempt_backstop_seconds: float = 2.0
-    """Server-side start-to-close of one attempt: it only catches crashed or stuck workers,
-    because the worker itself cuts a hung attempt off much sooner."""
+    workflow_task_timeout_seconds: float = 2.0
+    """How long a workflow task may run before Temporal hands it to another worker. The steps
+    are local activities, which run inside the workflow task, so this is also how soon an order
+    whose worker was killed mid-step carries on elsewhere (the SDK extends a task that is still
+    alive before 80 % of it is used, so a long step does not trip it)."""
     dispatch_budget_seconds: float = 2.5
     """Time one shipping attempt gives DispatchCarrier before asking the parent for a retry."""
 

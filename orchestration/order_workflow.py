@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
+from temporalio.exceptions import ApplicationError, ChildWorkflowError, FailureError
 
 # The sandbox re-runs every import that is not passed through for each new workflow
 # instance; re-creating these modules' dataclasses took a third of the worker's CPU. They are
@@ -80,7 +80,15 @@ with workflow.unsafe.imports_passed_through():
         ShippingResult,
         review_ended_reason,
     )
-    from orchestration.progress import StepBook, failure_message, is_deadline, retry_policy, time_left
+    from orchestration.progress import (
+        STEP_FAILURES,
+        StepBook,
+        bookkeeping_retry_policy,
+        failure_message,
+        is_deadline,
+        retry_policy,
+        time_left,
+    )
     from orchestration.shipping_workflow import ShippingWorkflow
 
 # Bookkeeping writes and compensation must happen however long they take; this only bounds a
@@ -291,6 +299,7 @@ class OrderWorkflow:
                     ),
                     id=f"{workflow.info().workflow_id}-shipping-{self._shipping_attempt}",
                     task_queue=self._input.shipping_task_queue,
+                    task_timeout=timedelta(seconds=self._input.policy.workflow_task_timeout_seconds),
                     # The child watches the same deadline itself. This timeout only ends a child
                     # whose worker is gone, early enough to leave time for the refund.
                     execution_timeout=time_left(self._forward_deadline)
@@ -374,14 +383,11 @@ class OrderWorkflow:
             )
             self._payment = PaymentStatus(refund.payment_id, refund.status, refund.amount)
         self._book.start("close_order")
-        await workflow.execute_activity_method(
+        await self._bookkeeping(
             OrderActivities.close_order,
             CloseOrderInput(
                 self._input.order_id, state, reason, self._input.payment_id, self._input.items
             ),
-            start_to_close_timeout=timedelta(seconds=self._input.policy.attempt_backstop_seconds),
-            schedule_to_close_timeout=MUST_COMPLETE_TIMEOUT,
-            retry_policy=retry_policy(self._input.policy),
         )
         self._book.complete("close_order", attempts=1)
         self._reason = reason
@@ -404,11 +410,12 @@ class OrderWorkflow:
         if budget <= timedelta(0):
             self._book.fail(name, DEADLINE_EXCEEDED)
             raise OrderStopped(FAILED, DEADLINE_EXCEEDED)
-        handle = workflow.start_activity_method(
+        # A local activity: retried in this worker, one marker in the history per step. No
+        # start-to-close timeout (see orchestration/activities.py): the attempt bounds itself.
+        handle = workflow.start_local_activity_method(
             activity,
             arg,
             schedule_to_close_timeout=budget,
-            start_to_close_timeout=timedelta(seconds=self._input.policy.attempt_backstop_seconds),
             retry_policy=retry_policy(self._input.policy),
         )
         if interruptible:
@@ -419,7 +426,7 @@ class OrderWorkflow:
                 self._stop_if_cancelled()
         try:
             result = await handle
-        except ActivityError as err:
+        except STEP_FAILURES as err:
             reason = DEADLINE_EXCEEDED if is_deadline(err) else failure_message(err)
             self._book.fail(name, failure_message(err))
             raise OrderStopped(FAILED, reason) from err
@@ -444,7 +451,7 @@ class OrderWorkflow:
     async def _record_refusal(self, what: str, message: str) -> None:
         self._book.note_refusal(what, message)
         self._refusals += 1
-        await workflow.execute_activity_method(
+        await self._bookkeeping(
             OrderActivities.record_event,
             RecordEventInput(
                 self._input.order_id,
@@ -452,9 +459,16 @@ class OrderWorkflow:
                 f"{self._input.order_id}:refused:{self._refusals}",
                 {"reason": message},
             ),
-            start_to_close_timeout=timedelta(seconds=self._input.policy.attempt_backstop_seconds),
+        )
+
+    async def _bookkeeping(self, activity, arg: Any) -> None:
+        """A write with no outside call (a local activity too): it must happen however long it
+        takes, so its budget only bounds a database outage, retried with backoff."""
+        await workflow.execute_local_activity_method(
+            activity,
+            arg,
             schedule_to_close_timeout=MUST_COMPLETE_TIMEOUT,
-            retry_policy=retry_policy(self._input.policy),
+            retry_policy=bookkeeping_retry_policy(),
         )
 
     async def _persist_address(self, address: Address, version: int) -> None:
@@ -464,12 +478,8 @@ class OrderWorkflow:
             await workflow.wait_condition(lambda: self._order_recorded or self._closing)
             if not self._order_recorded:
                 return
-            await workflow.execute_activity_method(
-                OrderActivities.record_address,
-                RecordAddressInput(self._input.order_id, address, version),
-                start_to_close_timeout=timedelta(seconds=self._input.policy.attempt_backstop_seconds),
-                schedule_to_close_timeout=MUST_COMPLETE_TIMEOUT,
-                retry_policy=retry_policy(self._input.policy),
+            await self._bookkeeping(
+                OrderActivities.record_address, RecordAddressInput(self._input.order_id, address, version)
             )
 
     # Operator actions. Each refusal check answers why an action is too late (None: it is

@@ -24,6 +24,12 @@ MAX_ERRORS_KEPT = 25
 
 BUSINESS_RULE_VIOLATION = "BusinessRuleViolation"
 """ApplicationError type of a request no retry can fix (see activities.py)."""
+DEADLINE_EXCEEDED_ERROR = "DeadlineExceeded"
+"""ApplicationError type of a step or shipping attempt whose time budget ran out."""
+
+STEP_FAILURES = (ActivityError, ApplicationError)
+"""What awaiting a failed step raises: ActivityError for an activity, but the activity's own
+ApplicationError, unwrapped, for a local activity (temporalio 1.35)."""
 
 
 def retry_policy(policy: OrderPolicy) -> RetryPolicy:
@@ -39,6 +45,17 @@ def retry_policy(policy: OrderPolicy) -> RetryPolicy:
         maximum_interval=interval,
         maximum_attempts=0,
         non_retryable_error_types=[BUSINESS_RULE_VIOLATION],
+    )
+
+
+def bookkeeping_retry_policy() -> RetryPolicy:
+    """Retry a write that calls nothing outside: it fails only while the database is away, so
+    back off (up to a second) rather than hammer it every few milliseconds."""
+    return RetryPolicy(
+        initial_interval=timedelta(milliseconds=10),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=1),
+        maximum_attempts=0,
     )
 
 
@@ -59,9 +76,9 @@ def failure_message(err: BaseException) -> str:
 
 
 def is_rejection(err: BaseException) -> bool:
-    """True when an activity failed because a business rule refused it: retrying cannot help."""
-    cause = err.__cause__
-    return isinstance(cause, ApplicationError) and cause.type == BUSINESS_RULE_VIOLATION
+    """True when a step failed because a business rule refused it: retrying cannot help."""
+    failure = err.__cause__ if isinstance(err, ActivityError) else err
+    return isinstance(failure, ApplicationError) and failure.type == BUSINESS_RULE_VIOLATION
 
 
 def is_deadline(err: BaseException) -> bool:
@@ -74,7 +91,7 @@ def is_deadline(err: BaseException) -> bool:
         # cause is then just the last attempt's own error.
         if isinstance(current, (ActivityError, ChildWorkflowError)) and current.retry_state == RetryState.TIMEOUT:
             return True
-        if isinstance(current, ApplicationError) and current.type == "DeadlineExceeded":
+        if isinstance(current, ApplicationError) and current.type == DEADLINE_EXCEEDED_ERROR:
             return True
         if not isinstance(current, (ActivityError, ChildWorkflowError)):
             return False

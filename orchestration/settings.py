@@ -84,8 +84,8 @@ def order_policy_from_env() -> OrderPolicy:
         retry_interval_seconds=_env_float(
             "ACTIVITY_RETRY_INTERVAL_SECONDS", defaults.retry_interval_seconds
         ),
-        attempt_backstop_seconds=_env_float(
-            "ACTIVITY_BACKSTOP_SECONDS", defaults.attempt_backstop_seconds
+        workflow_task_timeout_seconds=_env_float(
+            "WORKFLOW_TASK_TIMEOUT_SECONDS", defaults.workflow_task_timeout_seconds
         ),
         dispatch_budget_seconds=_env_float(
             "DISPATCH_BUDGET_SECONDS", defaults.dispatch_budget_seconds
@@ -98,12 +98,24 @@ class WorkerSettings:
     attempt_timeout_seconds: float = field(
         default_factory=lambda: _env_float("ACTIVITY_ATTEMPT_TIMEOUT_SECONDS", 0.02)
     )
-    """How long an outside call may hang before its attempt is cut off in the worker; must stay
-    well below ACTIVITY_BACKSTOP_SECONDS (ACTIVITY_ATTEMPT_TIMEOUT_SECONDS)."""
+    """How long an outside call may hang before its attempt is cut off in the worker
+    (ACTIVITY_ATTEMPT_TIMEOUT_SECONDS)."""
+    attempt_backstop_seconds: float = field(
+        default_factory=lambda: _env_float("ACTIVITY_BACKSTOP_SECONDS", 2.0)
+    )
+    """Longest one attempt may take in the worker, its database writes included, before it is
+    written off and retried; only a stuck database reaches it (ACTIVITY_BACKSTOP_SECONDS)."""
+    sticky_schedule_to_start_seconds: float = field(
+        default_factory=lambda: _env_float("WORKER_STICKY_SCHEDULE_TO_START_SECONDS", 1.0)
+    )
+    """How long a workflow's next task waits for the worker that ran its last one before any
+    worker may take it: after a worker is killed, its orders carry on elsewhere this much later
+    (WORKER_STICKY_SCHEDULE_TO_START_SECONDS)."""
     max_concurrent_activities: int = field(
         default_factory=lambda: _env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 500)
     )
-    """Activity slots per worker (WORKER_MAX_CONCURRENT_ACTIVITIES)."""
+    """Activity slots per worker, local activities (every business step) and regular ones
+    each (WORKER_MAX_CONCURRENT_ACTIVITIES)."""
     max_concurrent_workflow_tasks: int = field(
         default_factory=lambda: _env_int("WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", 100)
     )

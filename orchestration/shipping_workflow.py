@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Optional
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ApplicationError, FailureError
 
 # The sandbox re-runs every import that is not passed through for each new workflow
 # instance; re-creating these modules' dataclasses took a third of the worker's CPU. They are
@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         ShippingStepInput,
     )
     from orchestration.progress import (
+        STEP_FAILURES,
         StepBook,
         failure_message,
         is_deadline,
@@ -76,8 +77,21 @@ class ShippingWorkflow:
             self._cancel_reason = self._cancel_reason or "shipping workflow cancelled"
             result = await self._ship_after_cancellation()
         self._outcome = result.outcome
+        if self._dispatching:
+            await self._commit_dispatch()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result
+
+    async def _commit_dispatch(self) -> None:
+        """Make the carrier call's outcome durable before the attempt completes.
+
+        A local activity's result reaches the history as a marker, with the commands of the
+        workflow task that ran it. If that task also completes the workflow and a signal (a
+        cancel, a new address) arrived meanwhile, Temporal rejects the completion, the marker is
+        lost with it, and the replay calls the carrier again, now with the signal applied first:
+        the goods would go twice, or to the new address after a refusal. Waiting on a timer
+        completes this task with the marker and no completion, so it always stands."""
+        await workflow.sleep(timedelta(milliseconds=1), summary="commit the carrier call")
 
     async def _ship(self) -> ShippingResult:
         prepare = self._start(
@@ -95,7 +109,7 @@ class ShippingWorkflow:
         self._dispatching = True
         try:
             await asyncio.shield(self._dispatch)
-        except ActivityError:
+        except STEP_FAILURES:
             pass  # _settle_dispatch reads the outcome, failure included
         return await self._settle_dispatch()
 
@@ -139,18 +153,18 @@ class ShippingWorkflow:
         self._book.start(step)
         if budget <= timedelta(0):
             budget = timedelta(milliseconds=1)
-        return workflow.start_activity_method(
+        # A local activity, like the order's steps (see orchestration/activities.py).
+        return workflow.start_local_activity_method(
             activity,
             ShippingStepInput(self._input.order_id, self._input.shipping_attempt, self._address),
             schedule_to_close_timeout=budget,
-            start_to_close_timeout=timedelta(seconds=self._input.policy.attempt_backstop_seconds),
             retry_policy=retry_policy(self._input.policy),
         )
 
     async def _finish(self, step: str, handle) -> None:
         try:
             result = await handle
-        except ActivityError as err:
+        except STEP_FAILURES as err:
             message = failure_message(err)
             self._book.fail(step, message)
             if is_rejection(err):

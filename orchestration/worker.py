@@ -32,11 +32,15 @@ def build_worker(
         # Every order keeps several short activities in flight; the default 100 slots fill up
         # under load while hung attempts wait for their cut-off.
         max_concurrent_activities=settings.worker.max_concurrent_activities,
+        max_concurrent_local_activities=settings.worker.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.worker.max_concurrent_workflow_tasks,
         max_concurrent_activity_task_polls=settings.worker.activity_task_pollers,
         max_concurrent_workflow_task_polls=settings.worker.workflow_task_pollers,
+        sticky_queue_schedule_to_start_timeout=timedelta(
+            seconds=settings.worker.sticky_schedule_to_start_seconds
+        ),
         # On SIGTERM, give running attempts (each well under a second) time to finish.
-        graceful_shutdown_timeout=timedelta(seconds=settings.order_policy.attempt_backstop_seconds),
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker.attempt_backstop_seconds),
     )
 
 
@@ -55,7 +59,11 @@ async def serve(task_queue_of, workflows: Sequence[type], activities_of) -> None
     meter = metrics_meter(settings.worker.metrics_port, settings.worker.metrics_host)
     await open_pool(settings.database)
     client = await connect(settings.temporal)
-    activities = OrderActivities(settings.worker.attempt_timeout_seconds, ActivityCounter(meter))
+    activities = OrderActivities(
+        settings.worker.attempt_timeout_seconds,
+        ActivityCounter(meter),
+        backstop=settings.worker.attempt_backstop_seconds,
+    )
     task_queue = task_queue_of(settings)
     worker = build_worker(client, settings, task_queue, workflows, activities_of(activities))
     stop = asyncio.Event()

@@ -2,13 +2,14 @@
 
 Usage: .venv/bin/python -m tests.record_histories
 
-Runs five orders on Temporal's time-skipping test server with the activity doubles of
+Runs five orders on the Temporal dev server with the activity doubles of
 tests/test_order_workflow.py (happy path, cancel after charge with refund, a failed dispatch that
 the parent retries, dispatch failing until the deadline, an order approved before it had an
 address and given one by update) and writes each order's history, and
 those of its shipping children, as JSON to tests/histories/ (with workflow_ids.json naming the
-workflow id of each). Re-record only when a workflow change
-is meant to be incompatible with running orders (and then version it with workflow.patched)."""
+workflow id of each). Re-record only when a workflow change is meant to be incompatible with
+running orders; keep the previous histories in a subfolder, with a test in tests/test_replay.py
+that shows why they no longer replay."""
 
 from __future__ import annotations
 
@@ -21,12 +22,20 @@ from temporalio.testing import WorkflowEnvironment
 
 from orchestration.models import AddressUpdate, CancelOrder
 from orchestration.order_workflow import OrderWorkflow
-from orchestration.temporal_client import ensure_search_attributes
-from tests.test_order_workflow import HOME, SHORT_DISPATCH, FakeActivities, running_order, wait_for_state
+from orchestration.models import ORDER_STATE_ATTRIBUTE
+from scripts.temporal_dev_server import dynamic_config_args
+from tests.test_order_workflow import (
+    HOME,
+    SHORT_DISPATCH,
+    SHORT_ORDER,
+    FakeActivities,
+    running_order,
+    wait_for_state,
+)
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 WORKFLOW_IDS = "workflow_ids.json"
-TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
+DEV_SERVER = Path(sys.executable).parent / "temporal"
 
 
 async def happy(env, fakes, handle) -> None:
@@ -57,7 +66,7 @@ SCENARIOS = {
     "happy": (happy, {}),
     "cancelled_after_charge": (cancelled_after_charge, {"hold": "prepare_package"}),
     "dispatch_retried": (dispatch_retried, {"dispatch_failures": "first_attempt", "policy": SHORT_DISPATCH}),
-    "deadline_exceeded": (deadline_exceeded, {"dispatch_failures": "always"}),
+    "deadline_exceeded": (deadline_exceeded, {"dispatch_failures": "always", "policy": SHORT_ORDER}),
     "address_after_approval": (address_after_approval, {"address": None}),
 }
 
@@ -86,10 +95,14 @@ async def record(env: WorkflowEnvironment, name: str) -> dict[str, str]:
 
 async def main() -> None:
     HISTORIES.mkdir(exist_ok=True)
-    for stale in HISTORIES.glob("*.json"):
+    for stale in HISTORIES.glob("*.json"):  # the folder's own files; subfolders are kept
         stale.unlink()
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=str(TEST_SERVER))
-    await ensure_search_attributes(env.client)
+    # The real dev server: the steps are local activities, whose retries run in real time.
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(DEV_SERVER),
+        dev_server_extra_args=dynamic_config_args(),
+        search_attributes=[ORDER_STATE_ATTRIBUTE],
+    )
     workflow_ids: dict[str, str] = {}
     try:
         for name in SCENARIOS:

@@ -37,7 +37,7 @@ from web.app import create_app
 from web.board_views import row_from_summary
 from web.schemas import ORDER_STATES
 from web.security import CSRF_HEADER
-from web.service import LIVE_SUMMARY_MAX_AGE_SECONDS, OrderSummary
+from web.service import LIVE_SUMMARY_MAX_AGE_SECONDS, OrderSummary, RetryingStep
 
 HTMX = {"HX-Request": "true"}
 # Orders end within 15 s of their start; a test waiting longer has found a bug.
@@ -501,18 +501,10 @@ def summary_in(state: str, closed: bool) -> OrderSummary:
         reason={CANCELLED: "<i>changed mind</i>", FAILED: "deadline exceeded"}.get(state, ""),
         allowed_actions=[] if closed else ["approve", "cancel", "update_address"],
     )
-    pending = [] if closed else [
-        {
-            "activity_id": "4",
-            "activity_type": "charge_payment",
-            "state": "SCHEDULED",
-            "attempt": 5,
-            "last_failure": "charge <timeout>",
-            "last_failed_at": started.isoformat(),
-            "next_attempt_at": None,
-        }
+    retrying = [] if closed else [
+        RetryingStep(f"order-{status.order_id}", "charge_payment", 5, "charge <timeout>", started.isoformat())
     ]
-    return OrderSummary(status=status, closed=closed, pending_activities=pending)
+    return OrderSummary(status=status, closed=closed, retrying=retrying)
 
 
 @pytest.mark.parametrize("state", ORDER_STATES)

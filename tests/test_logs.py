@@ -4,6 +4,7 @@ of the activity that wrote it, and the event it reports."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timezone
 import json
 import logging
 
@@ -22,7 +23,8 @@ async def test_a_failed_attempt_is_one_json_line_with_its_context(database, monk
     monkeypatch.setattr(flaky.random, "random", lambda: 0.1)
     env = ActivityEnvironment()
     env.info = dataclasses.replace(
-        env.info, workflow_id="order-log-1", workflow_run_id="run-1", activity_type="validate_order", attempt=3
+        env.info, workflow_id="order-log-1", workflow_run_id="run-1", activity_type="validate_order", attempt=3,
+        scheduled_time=datetime.now(timezone.utc),
     )
     caplog.set_level(logging.INFO)
     with pytest.raises(ApplicationError):

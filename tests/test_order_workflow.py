@@ -1,6 +1,7 @@
-"""Workflow logic on Temporal's time-skipping test server, with the activities replaced by
-doubles (as Temporal's testing guide does). Timers and the 15-s deadline run in skipped time, so
-a review timeout or a missed deadline takes a fraction of a second here."""
+"""Workflow logic with the activities replaced by doubles (as Temporal's testing guide does), on
+Temporal's time-skipping test server: timers and the 15-s deadline run in skipped time, so a
+review timeout takes a fraction of a second here. Retries until a budget runs out run on the
+real dev server instead (see SHORT_ORDER)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from temporalio import activity, workflow
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import (
     Interceptor,
     UnsandboxedWorkflowRunner,
@@ -23,6 +25,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
+from orchestration.activities import check_step_budget
 from orchestration.models import (
     APPROVAL,
     APPROVED,
@@ -87,6 +90,8 @@ class FakeActivities:
         return [arg for called, arg in self.calls if called == name]
 
     async def _enter(self, name: str, arg) -> int:
+        # As the real activities do: a step's retries end when its budget has run out.
+        check_step_budget()
         self.calls.append((name, arg))
         if name in self.gates:
             self.reached[name].set()
@@ -190,6 +195,7 @@ async def start_order(env, queues: Queues, *, address=HOME, policy=None) -> Work
         ),
         id=f"order-{order_id}",
         task_queue=queues.orders,
+        task_timeout=timedelta(seconds=(policy or OrderPolicy()).workflow_task_timeout_seconds),
     )
 
 
@@ -288,19 +294,23 @@ async def test_cancel_after_charge_refunds_the_payment(time_skipping, fakes):
     assert "dispatch_carrier" not in fakes.names() and "mark_shipped" not in fakes.names()
 
 
-async def test_address_update_before_dispatch_reaches_the_carrier(time_skipping, fakes):
+async def test_address_change_while_the_package_is_prepared_is_refused_honestly(time_skipping, fakes):
+    """A shipping attempt runs its steps as local activities inside one workflow task and sees
+    a signal only between tasks: an address sent while the package is being prepared arrives
+    after the carrier was called. The order says so instead of pretending it was taken."""
     fakes.hold("prepare_package")
     async with running_order(time_skipping, fakes) as handle:
         await handle.signal(OrderWorkflow.approve)
         await fakes.reached["prepare_package"].wait()
-        await handle.signal(OrderWorkflow.update_address, AddressUpdate(OFFICE))
-        await asyncio.sleep(0.2)  # let the child take the forwarded address first
+        update = asyncio.create_task(
+            handle.execute_update(OrderWorkflow.update_address_update, AddressUpdate(OFFICE))
+        )
+        await asyncio.sleep(0.2)
         fakes.release("prepare_package")
+        assert await update_refusal(update) == "the carrier had already been dispatched to the previous address"
         status = await handle.result()
-    assert status.state == SHIPPED
-    assert [d.address for d in fakes.inputs("dispatch_carrier")] == [OFFICE]
-    assert [r.address for r in fakes.inputs("record_address")] == [OFFICE]
-    assert status.address == OFFICE
+    assert status.state == SHIPPED and status.address == HOME
+    assert [d.address for d in fakes.inputs("dispatch_carrier")] == [HOME]
 
 
 async def test_address_update_and_cancel_after_dispatch_are_refused(time_skipping, fakes):
@@ -323,25 +333,36 @@ async def test_address_update_and_cancel_after_dispatch_are_refused(time_skippin
 
 
 # A dispatch budget this short runs out after a few attempts of a carrier that is down.
+# Steps are local activities: their retries run in the worker, in real time, which the
+# time-skipping server neither sees nor skips (it may jump past a deadline while one retries).
+# Tests of retries until a budget runs out therefore run on the real dev server, with an order
+# whose budgets are short: a 3-s deadline, a dispatch budget that runs out after a few attempts.
 SHORT_DISPATCH = OrderPolicy(dispatch_budget_seconds=0.3, retry_interval_seconds=0.05)
+SHORT_ORDER = OrderPolicy(
+    deadline_seconds=3.0,
+    compensation_reserve_seconds=1.0,
+    review_timeout_seconds=1.0,
+    dispatch_budget_seconds=0.3,
+    retry_interval_seconds=0.05,
+)
 
 
-async def test_dispatch_failure_is_signalled_and_shipping_retried(time_skipping, fakes):
+async def test_dispatch_failure_is_signalled_and_shipping_retried(dev_server, fakes):
     fakes.dispatch_failures = "first_attempt"
-    async with running_order(time_skipping, fakes, policy=SHORT_DISPATCH) as handle:
+    async with running_order(dev_server, fakes, policy=SHORT_DISPATCH) as handle:
         await handle.signal(OrderWorkflow.approve)
         status = await handle.result()
     assert status.state == SHIPPED
     assert status.shipping_attempts == 2
     assert {d.shipping_attempt for d in fakes.inputs("dispatch_carrier")} == {1, 2}
     dispatch_errors = [e for e in status.errors if e.step == "dispatch_carrier"]
-    assert dispatch_errors and "carrier unreachable" in dispatch_errors[0].message
+    assert dispatch_errors and "budget ran out" in dispatch_errors[0].message
     assert fakes.names().count("charge_payment") == 1
 
 
-async def test_dispatch_failing_until_the_deadline_fails_and_refunds(time_skipping, fakes):
+async def test_dispatch_failing_until_the_deadline_fails_and_refunds(dev_server, fakes):
     fakes.dispatch_failures = "always"
-    async with running_order(time_skipping, fakes) as handle:
+    async with running_order(dev_server, fakes, policy=SHORT_ORDER) as handle:
         await handle.signal(OrderWorkflow.approve)
         status = await handle.result()
     assert status.state == FAILED
@@ -349,7 +370,7 @@ async def test_dispatch_failing_until_the_deadline_fails_and_refunds(time_skippi
     assert status.shipping_attempts >= 2
     assert status.payment.status == "refunded"
     assert [close.state for close in fakes.inputs("close_order")] == [FAILED]
-    assert seconds_taken(status) <= 15
+    assert seconds_taken(status) <= SHORT_ORDER.deadline_seconds
 
 
 async def test_duplicate_signals_are_harmless(time_skipping, fakes):
@@ -388,18 +409,18 @@ async def test_temporal_cancellation_is_handled_like_cancel_order(time_skipping,
     assert status.payment.status == "refunded"
 
 
-async def test_a_step_failing_until_its_budget_runs_out_fails_the_order_as_deadline_exceeded(time_skipping, fakes):
+async def test_a_step_failing_until_its_budget_runs_out_fails_the_order_as_deadline_exceeded(dev_server, fakes):
     """Temporal stops retrying when the next attempt would end past the step's budget; the
     order's reason is the deadline, not the last attempt's own error."""
     fakes.always_failing = "validate_order"
-    async with running_order(time_skipping, fakes) as handle:
+    async with running_order(dev_server, fakes, policy=SHORT_ORDER) as handle:
         await handle.signal(OrderWorkflow.approve)
         status = await handle.result()
     assert status.state == FAILED
     assert status.reason == DEADLINE_EXCEEDED
     assert "charge_payment" not in fakes.names()
     assert fakes.names().count("validate_order") > 1
-    assert seconds_taken(status) <= 15
+    assert seconds_taken(status) <= SHORT_ORDER.deadline_seconds
 
 
 # An order that comes without a shipping address (the assignment's start carries none).
@@ -504,16 +525,35 @@ async def test_cancel_and_address_updates_after_dispatch_are_refused(time_skippi
     assert status.state == SHIPPED and status.address == HOME
 
 
-async def test_address_update_during_shipping_answers_once_the_attempt_has_it(time_skipping, fakes):
-    fakes.hold("prepare_package")
-    async with running_order(time_skipping, fakes) as handle:
+async def signalled(env, workflow_id: str) -> bool:
+    """Whether a workflow's history holds a signal (it has no worker to ask)."""
+    try:
+        history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:  # not started yet
+            return False
+        raise
+    return any(event.HasField("workflow_execution_signaled_event_attributes") for event in history.events)
+
+
+async def test_address_update_answers_once_the_shipping_attempt_has_it(time_skipping, fakes):
+    """The attempt takes the address before its first step (its worker is not running yet, so
+    the signal is its first news) and acknowledges it: the update answers then."""
+    queues = Queues()
+    async with order_worker(time_skipping, fakes, queues):
+        handle = await start_order(time_skipping, queues)
         await handle.signal(OrderWorkflow.approve)
-        await fakes.reached["prepare_package"].wait()
-        # Answered while the package is still being prepared: the attempt acknowledged it.
-        updated = await handle.execute_update(OrderWorkflow.update_address_update, AddressUpdate(OFFICE))
-        assert updated.message == "address updated" and updated.address == OFFICE
-        fakes.release("prepare_package")
-        status = await handle.result()
+        await wait_for_state(handle, "shipping")
+        update = asyncio.create_task(
+            handle.execute_update(OrderWorkflow.update_address_update, AddressUpdate(OFFICE))
+        )
+        while not await signalled(time_skipping, f"{handle.id}-shipping-1"):
+            await asyncio.sleep(0.05)
+        assert not update.done(), "no answer before the attempt has the address"
+        async with shipping_worker(time_skipping, fakes, queues):
+            updated = await update
+            assert updated.message == "address updated" and updated.address == OFFICE
+            status = await handle.result()
     assert [d.address for d in fakes.inputs("dispatch_carrier")] == [OFFICE]
     assert status.state == SHIPPED and status.address == OFFICE
 
@@ -559,15 +599,40 @@ class _SlowChildStartOutbound(WorkflowOutboundInterceptor):
 
 
 async def test_address_changed_while_the_shipping_attempt_starts_reaches_the_carrier(time_skipping, fakes):
+    queues = Queues()
     options = {"interceptors": [SlowChildStart()], "workflow_runner": UnsandboxedWorkflowRunner()}
-    async with running_order(time_skipping, fakes, **options) as handle:
+    async with order_worker(time_skipping, fakes, queues, **options):
+        handle = await start_order(time_skipping, queues)
         await handle.signal(OrderWorkflow.approve)
         await wait_for_state(handle, "shipping")
         await handle.signal(OrderWorkflow.update_address, AddressUpdate(OFFICE))
-        status = await handle.result()
+        # The attempt's worker starts once the address was sent on (or never, without the fix).
+        for _ in range(100):
+            if await signalled(time_skipping, f"{handle.id}-shipping-1"):
+                break
+            await asyncio.sleep(0.05)
+        async with shipping_worker(time_skipping, fakes, queues):
+            status = await handle.result()
     assert [d.address for d in fakes.inputs("dispatch_carrier")] == [OFFICE]
     assert status.state == SHIPPED and status.address == OFFICE
     assert not [e for e in status.errors if e.step == "update_address"], "nothing was refused"
+
+
+async def test_a_cancel_arriving_while_the_carrier_is_called_never_calls_it_again(time_skipping, fakes):
+    """The cancel reaches the shipping attempt with its last workflow task, which carries the
+    carrier call's result: that result must stand (the call is not made again on replay)."""
+    fakes.hold("dispatch_carrier")
+    async with running_order(time_skipping, fakes) as handle:
+        await handle.signal(OrderWorkflow.approve)
+        await fakes.reached["dispatch_carrier"].wait()
+        await handle.signal(OrderWorkflow.cancel_order, CancelOrder("too late"))
+        await asyncio.sleep(0.2)
+        fakes.release("dispatch_carrier")
+        status = await handle.result()
+    assert fakes.names().count("dispatch_carrier") == 1, "the carrier was called once"
+    assert fakes.names().count("prepare_package") == 1
+    assert status.state == SHIPPED
+    assert status.payment.status == "charged"
 
 
 async def test_address_change_racing_the_end_of_shipping_never_fails_the_order(time_skipping, fakes):

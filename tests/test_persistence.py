@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
+from datetime import datetime, timezone
 
 import asyncpg
 import pytest
@@ -43,7 +44,10 @@ def flaky_succeeds(monkeypatch):
 def activity_environment(order_id: str) -> ActivityEnvironment:
     """An activity context whose ids are unique to the order, as in a real run."""
     env = ActivityEnvironment()
-    env.info = dataclasses.replace(env.info, workflow_id=f"order-{order_id}")
+    # Scheduled now: the attempt checks its step's budget (scheduled time + schedule-to-close).
+    env.info = dataclasses.replace(
+        env.info, workflow_id=f"order-{order_id}", scheduled_time=datetime.now(timezone.utc)
+    )
     return env
 
 
@@ -72,6 +76,25 @@ async def test_charging_twice_charges_once_and_reports_the_duplicate(database, f
     assert second == {"status": "charged", "amount": 2, "already_processed": True}
     assert await Payment.count().where(Payment.order_id == order_id) == 1
     assert (await events_of(order_id)).count("payment_charged") == 1
+
+
+async def test_a_charge_or_refund_on_record_is_never_sent_to_the_provider_again(
+    database, monkeypatch, order_id
+):
+    """A step re-run (a crash, a lost answer, a local activity replayed) must not move money
+    twice: with the payment on record, flaky_call, the provider, is not called at all. Here it
+    would raise at once (random.random pinned to its failure branch, in this test only)."""
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.9)
+    await received_order(order_id)
+    await business.payment_charged(order_id, f"pay-{order_id}")
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.1)
+    again = await business.payment_charged(order_id, f"pay-{order_id}")
+    assert again == {"status": "charged", "amount": 2, "already_processed": True}
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.9)
+    await business.payment_refunded(order_id, f"pay-{order_id}", "cancelled")
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.1)
+    assert (await business.payment_refunded(order_id, f"pay-{order_id}", "cancelled"))["status"] == "refunded"
+    assert (await events_of(order_id)).count("payment_refunded") == 1
 
 
 async def test_a_payment_id_cannot_pay_for_two_orders(database, flaky_succeeds, order_id):
@@ -169,25 +192,27 @@ async def test_a_cut_off_during_the_write_waits_for_it_and_loses_no_connection(
     database write. The outside call did happen, so the attempt waits for its record instead of
     abandoning it: every attempt succeeds, the charge is written once, and no pooled connection
     is lost (a transaction abandoned halfway would keep its connection forever)."""
-    await received_order(order_id)
-    await business.order_validated(order_id)
     cut_off = 0.001
     activities = OrderActivities(attempt_timeout=cut_off)
-    results = []
-    for _ in range(10):
+    # Ten orders, each charged for the first time (a repeat is answered from the record, before
+    # any outside call, so it has no write to cut into).
+    orders = [f"{order_id}-{n}" for n in range(10)]
+    for order in orders:
+        await received_order(order)
+        await business.order_validated(order)
         started = time.monotonic()
-        results.append(
-            await activity_environment(order_id).run(
-                activities.charge_payment, ChargePaymentInput(order_id, f"pay-{order_id}")
-            )
+        result = await activity_environment(order).run(
+            activities.charge_payment, ChargePaymentInput(order, f"pay-{order}")
         )
         # The write outlasted the cut-off, so the cut-off fired during it and was waited out.
         assert time.monotonic() - started > cut_off
-    assert [r.already_processed for r in results] == [False] + [True] * 9
+        assert not result.already_processed
     assert await wait_for_connections_returned() == 0
-    payments = await Payment.select(Payment.status).where(Payment.order_id == order_id)
-    assert payments == [{"status": "charged"}]
-    assert (await events_of(order_id)).count("payment_charged") == 1
+    for order in orders:
+        payments = await Payment.select(Payment.status).where(Payment.order_id == order)
+        assert payments == [{"status": "charged"}]
+        assert (await events_of(order)).count("payment_charged") == 1
+    order_id = orders[0]
     # A call that returns its own value after the write gives that value, not the write's.
     prepared = await activity_environment(order_id).run(
         activities.prepare_package, ShippingStepInput(order_id, 1, HOME)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
+from temporalio.workflow import NondeterminismError
 
 from orchestration.order_workflow import OrderWorkflow
 from orchestration.shipping_workflow import ShippingWorkflow
@@ -18,6 +19,9 @@ from orchestration.shipping_workflow import ShippingWorkflow
 FOLDER = Path(__file__).resolve().parent / "histories"
 WORKFLOW_IDS = json.loads((FOLDER / "workflow_ids.json").read_text())
 HISTORIES = sorted(FOLDER / name for name in WORKFLOW_IDS)
+# Recorded when every step was a regular activity (before the steps became local activities).
+REGULAR = FOLDER / "regular_activities"
+REGULAR_IDS = json.loads((REGULAR / "workflow_ids.json").read_text())
 
 
 def test_every_scenario_has_a_recorded_history():
@@ -37,3 +41,17 @@ async def test_history_replays_without_nondeterminism(path: Path, caplog):
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
     # workflow.logger stays quiet while replaying: a replayed order does not log twice.
     assert not [r for r in caplog.records if r.name == "temporalio.workflow"]
+
+
+@pytest.mark.parametrize("name", ["happy.json", "happy.shipping-1.json"])
+async def test_orders_recorded_with_regular_activities_no_longer_replay(name: str):
+    """The steps became local activities: where such a history has an ActivityTaskScheduled,
+    today's code records a marker, so an order started by the old workers cannot be carried on
+    by the new ones. There is deliberately no `workflow.patched` branch keeping both paths:
+    every order ends within 15 s of its start, so a deploy of this change stops the starts
+    (or the web app), lets the old workers finish what runs for 15 s, and then replaces them."""
+    history = WorkflowHistory.from_json(REGULAR_IDS[name], (REGULAR / name).read_text())
+    result = await Replayer(workflows=[OrderWorkflow, ShippingWorkflow]).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
+    assert isinstance(result.replay_failure, NondeterminismError), result.replay_failure

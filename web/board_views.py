@@ -111,15 +111,12 @@ class OrderRow:
 
 
 def _last_error(summary: OrderSummary) -> Optional[LastError]:
-    """The newest failure: a pending activity's last failed attempt (which only the server
-    knows while it is retrying), else the newest error the workflow recorded."""
-    failing = [activity for activity in summary.pending_activities if activity["last_failure"]]
-    if failing:
-        newest = max(failing, key=lambda activity: activity["last_failed_at"] or "")
-        # The pending attempt is the one running or scheduled next; the failure was the one before.
-        return LastError(
-            newest["activity_type"], max(1, newest["attempt"] - 1), newest["last_failure"]
-        )
+    """The newest failure: a running step's last failed attempt, else the newest error the
+    workflow recorded."""
+    if summary.retrying:
+        newest = max(summary.retrying, key=lambda step: step.last_failed_at)
+        # The attempt running now is the one after the failure.
+        return LastError(newest.step, newest.attempt - 1, newest.last_failure)
     if summary.status.errors:
         error = summary.status.errors[-1]
         return LastError(error.step, error.attempt, error.message)
@@ -135,10 +132,10 @@ def row_from_summary(summary: OrderSummary, now: datetime) -> OrderRow:
         state=status.state,
         reason=status.reason,
         current_step=status.current_step,
-        # A running step counts its attempts only when it completes; until then the server's
-        # pending activity says which attempt it is on.
+        # A step counts its attempts only when it completes; until then its recorded failures
+        # say which attempt it is on.
         attempts=sum(step.attempts for step in status.steps)
-        + sum(activity["attempt"] for activity in summary.pending_activities),
+        + sum(step.attempt for step in summary.retrying),
         last_error=_last_error(summary),
         seconds_left=None if summary.closed else max(0.0, (deadline - now).total_seconds()),
         deadline_seconds=(deadline - started).total_seconds(),
@@ -195,11 +192,7 @@ def timeline(workflow_status: dict[str, Any], now: datetime) -> list[TimelineSte
     """The steps of an order (from OrderService.order_status) with their attempts and errors,
     the shipping child's steps right after ship_order, and what is still retrying now."""
     started_at = workflow_status["started_at"]
-    pending = {
-        activity["activity_type"]: activity
-        for live in (workflow_status["live"], workflow_status["live"].get("shipping") or {})
-        for activity in live.get("pending_activities", [])
-    }
+    retrying = {step["step"]: step for step in workflow_status["live"]["retrying"]}
     errors: list[dict[str, Any]] = list(workflow_status["errors"])
     steps: list[dict[str, Any]] = []
     for step in workflow_status["steps"]:
@@ -207,24 +200,23 @@ def timeline(workflow_status: dict[str, Any], now: datetime) -> list[TimelineSte
         if step["name"] == "ship_order" and workflow_status["shipping"]:
             steps.extend(workflow_status["shipping"]["steps"])
             errors.extend(workflow_status["shipping"]["errors"])
-    for activity in pending.values():
-        if activity["last_failure"]:
-            errors.append(
-                {
-                    "step": activity["activity_type"],
-                    "attempt": max(1, activity["attempt"] - 1),
-                    "message": activity["last_failure"],
-                    "at": activity["last_failed_at"],
-                }
-            )
+    for step in retrying.values():
+        errors.append(
+            {
+                "step": step["step"],
+                "attempt": step["attempt"] - 1,
+                "message": step["last_failure"],
+                "at": step["last_failed_at"],
+            }
+        )
 
     result = []
     for step in steps:
         if step["status"] == "pending" and not step["started_at"]:
             continue
         attempts = step["attempts"]
-        if step["name"] in pending:
-            attempts = max(attempts, pending[step["name"]]["attempt"])
+        if step["name"] in retrying:
+            attempts = max(attempts, retrying[step["name"]]["attempt"])
         until = step["finished_at"] or (
             now.isoformat() if step["status"] == "running" else None
         )

@@ -17,11 +17,8 @@ from datetime import timedelta
 from typing import Any, AsyncIterator, Collection, Iterable, Optional
 
 import asyncpg
-from google.protobuf.timestamp_pb2 import Timestamp
-from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import (
     Client,
-    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
@@ -39,8 +36,12 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RetryConfig, RPCError, RPCStatusCode
 
+from orchestration.activities import ATTEMPT_FAILED
 from orchestration.models import (
+    COMPENSATION_STEPS,
     ORDER_STATE_ATTRIBUTE,
+    ORDER_STEPS,
+    SHIPPING_STEPS,
     PARKED_STATES,
     STARTED,
     ActionResult,
@@ -84,6 +85,8 @@ LIVE_SUMMARY_REFRESHES = 16
 SUMMARY_CONCURRENCY = 8
 # The order page lists at most this many events (each failed attempt is one).
 MAX_EVENTS_LISTED = 500
+# A status reads at most this many of an order's newest failed attempts (about a dozen is usual).
+MAX_FAILURES_READ = 200
 # An operator action is a workflow update, which a worker must accept: a worker answers within
 # milliseconds, so waiting longer than this means none runs (restarting), and the action goes
 # as a signal instead. The answer then waits for the outcome, which may take a carrier call or a
@@ -128,6 +131,11 @@ class DependencyUnavailable(Exception):
 # Orders end within 15 s, and at the limit about one ends every few hundred milliseconds, so a
 # refused start may try again almost at once.
 AT_CAPACITY_RETRY_AFTER_SECONDS = 1
+# Steps run by an activity (ship_order runs the shipping workflow, manual_review waits).
+ACTIVITY_STEPS = frozenset(ORDER_STEPS + COMPENSATION_STEPS + SHIPPING_STEPS) - {
+    "ship_order",
+    "manual_review",
+}
 # Orders doing work: running, and not parked waiting for a person (see _check_capacity).
 ACTIVE_ORDERS_QUERY = (
     f"WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Running' AND "
@@ -173,12 +181,12 @@ class ActionOutcome:
 
 @dataclass
 class OrderSummary:
-    """What one board row needs: the workflow's status and the activities pending right now."""
+    """What one board row needs: the workflow's status and the steps retrying right now."""
 
     status: OrderStatus
     closed: bool
     """The workflow has ended, so `status` is final."""
-    pending_activities: list[dict[str, Any]]
+    retrying: list[RetryingStep]
 
 
 @dataclass
@@ -298,41 +306,46 @@ async def _database_call() -> AsyncIterator[None]:
         ) from err
 
 
-def _timestamp(value: Timestamp) -> Optional[str]:
-    return value.ToDatetime().isoformat() + "Z" if value.seconds or value.nanos else None
+@dataclass(frozen=True)
+class RetryingStep:
+    """A step still running after failed attempts. The steps are local activities, which
+    Temporal's describe() does not list, so this comes from the `attempt_failed` events each
+    failed attempt writes."""
+
+    workflow_id: str
+    step: str
+    attempt: int
+    """The attempt running now: the failed ones so far, plus one."""
+    last_failure: str
+    last_failed_at: str
 
 
-def _pending_activities(description: WorkflowExecutionDescription) -> list[dict[str, Any]]:
-    """The activities running or waiting for a retry, with their attempt counts so far."""
-    pending = []
-    for activity in description.raw_description.pending_activities:
-        failed = activity.HasField("last_failure")
-        pending.append(
-            {
-                "activity_id": activity.activity_id,
-                "activity_type": activity.activity_type.name,
-                "state": PendingActivityState.Name(activity.state).removeprefix(
-                    "PENDING_ACTIVITY_STATE_"
-                ),
-                "attempt": activity.attempt,
-                "last_failure": activity.last_failure.message if failed else None,
-                # The last attempt ended in that failure, so its end is when it failed.
-                "last_failed_at": (
-                    _timestamp(activity.last_attempt_complete_time) if failed else None
-                ),
-                "next_attempt_at": _timestamp(activity.next_attempt_schedule_time),
-            }
+def retrying_steps(
+    status: OrderStatus, failures: list[dict[str, Any]], shipping_step: Optional[str] = None
+) -> list[RetryingStep]:
+    """The running steps of an order (its own, and its shipping attempt's) that have failed
+    attempts, from `failures` (the order's attempt_failed payloads with their times, oldest
+    first). The shipping attempt's running step is `shipping_step` when the caller asked the
+    attempt; otherwise the step of its newest failure."""
+    running: set[tuple[str, str]] = set()
+    if status.current_step and status.current_step in ACTIVITY_STEPS:
+        running.add((workflow_id_for(status.order_id), status.current_step))
+    if status.shipping_workflow_id:
+        step = shipping_step or next(
+            (f["step"] for f in reversed(failures) if f["workflow_id"] == status.shipping_workflow_id),
+            None,
         )
-    return pending
-
-
-def _execution(description: WorkflowExecutionDescription) -> dict[str, Any]:
-    return {
-        "workflow_id": description.id,
-        "run_id": description.run_id,
-        "execution_status": description.status.name if description.status else None,
-        "pending_activities": _pending_activities(description),
-    }
+        if step:
+            running.add((status.shipping_workflow_id, step))
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for failure in failures:
+        key = (failure["workflow_id"], failure["step"])
+        if key in running:
+            newest[key] = failure
+    return [
+        RetryingStep(workflow_id, step, failure["attempt"] + 1, failure["error"], failure["at"])
+        for (workflow_id, step), failure in newest.items()
+    ]
 
 
 def _order_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -391,6 +404,7 @@ class OrderService:
                     ),
                     id=workflow_id,
                     task_queue=self._settings.temporal.orders_task_queue,
+                    task_timeout=timedelta(seconds=policy.workflow_task_timeout_seconds),
                     # Counted as doing work (admission) from its first moment.
                     search_attributes=TypedSearchAttributes(
                         [SearchAttributePair(ORDER_STATE_ATTRIBUTE, STARTED)]
@@ -559,28 +573,50 @@ class OrderService:
             raise
 
     async def order_status(self, order_id: str, wait_seconds: float = 0) -> dict[str, Any]:
-        """The workflow's own status plus what the server knows live: pending activities with
-        their retry attempts, for the order and for its running shipping child. With
-        `wait_seconds`, first wait that long at most for the order to end."""
+        """The workflow's own status (and its running shipping attempt's), plus the attempts
+        of the steps still retrying, from the database. With `wait_seconds`, first wait that
+        long at most for the order to end."""
         handle = await self._order_handle(order_id)
         async with _temporal_call(order_id):
             final = await self._wait_for_end(handle, wait_seconds) if wait_seconds > 0 else None
-            description = await handle.describe(rpc_timeout=CALL_TIMEOUT)
-            if final is not None:
-                status = final
-            elif description.status == WorkflowExecutionStatus.COMPLETED:
-                # The result is the final status; no worker needs to replay the workflow for it.
-                status = await handle.result(rpc_timeout=CALL_TIMEOUT)
-            else:
-                status = await handle.query(OrderWorkflow.status, rpc_timeout=CALL_TIMEOUT)
+            status, closed = (final, True) if final is not None else await self._read_status(handle)
+        shipping = None
+        if not closed and status.shipping_workflow_id:
+            shipping = await self.shipping_status(status.shipping_workflow_id)
+        failures = [] if closed else await self._failed_attempts(order_id)
+        shipping_step = shipping["current_step"] if shipping else None
         result = dataclasses.asdict(status)
-        result["live"] = _execution(description)
-        result["shipping"] = None
-        if description.status == WorkflowExecutionStatus.RUNNING and status.shipping_workflow_id:
-            result["live"]["shipping"], result["shipping"] = await self._shipping_status(
-                status.shipping_workflow_id
-            )
+        result["live"] = {
+            "workflow_id": handle.id,
+            "execution_status": "COMPLETED" if closed else "RUNNING",
+            "retrying": [
+                dataclasses.asdict(step) for step in retrying_steps(status, failures, shipping_step)
+            ],
+        }
+        result["shipping"] = shipping
         return result
+
+    async def _read_status(
+        self, handle: WorkflowHandle[OrderWorkflow, OrderStatus]
+    ) -> tuple[OrderStatus, bool]:
+        """The status and whether the workflow has closed: the query while it runs, its result
+        once it has (no worker has to replay the history to answer then)."""
+        status = await self._open_status(handle)
+        if status is not None:
+            return status, False
+        return await self._final_status(handle), True
+
+    async def _failed_attempts(self, order_id: str) -> list[dict[str, Any]]:
+        """The order's recorded failed attempts, oldest first (the newest MAX_FAILURES_READ)."""
+        async with _database_call():
+            rows = (
+                await Event.select(Event.payload_json, Event.ts)
+                .where((Event.order_id == order_id) & (Event.type == ATTEMPT_FAILED))
+                .order_by(Event.id, ascending=False)
+                .limit(MAX_FAILURES_READ)
+                .output(load_json=True)
+            )
+        return [{**row["payload_json"], "at": row["ts"].isoformat()} for row in reversed(rows)]
 
     @staticmethod
     async def _wait_for_end(
@@ -593,16 +629,6 @@ class OrderService:
             return await asyncio.wait_for(handle.result(), wait_seconds)
         except (asyncio.TimeoutError, WorkflowFailureError):
             return None
-
-    async def _shipping_status(self, workflow_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        client = await self._temporal.client()
-        handle = client.get_workflow_handle_for(ShippingWorkflow.run, workflow_id)
-        async with _temporal_call():
-            description, status = await asyncio.gather(
-                handle.describe(rpc_timeout=CALL_TIMEOUT),
-                handle.query(ShippingWorkflow.status, rpc_timeout=CALL_TIMEOUT),
-            )
-        return _execution(description), dataclasses.asdict(status)
 
     async def order_summary(self, order_id: str, *, fresh: bool = False) -> OrderSummary:
         """The status of one order for a board row.
@@ -624,16 +650,16 @@ class OrderService:
         return self._live_summaries.age(order_id)
 
     async def _load_summary(self, order_id: str) -> OrderSummary:
-        """One query and one describe, sent together; the workflow's result once it closed
-        (no worker has to replay the history to answer a query)."""
+        """The status query with the order's failed attempts from the database, read
+        together; the workflow's result once it has closed."""
         handle = await self._order_handle(order_id)
         async with _temporal_call(order_id):
-            description, status = await asyncio.gather(
-                handle.describe(rpc_timeout=CALL_TIMEOUT), self._open_status(handle)
+            (status, closed), failures = await asyncio.gather(
+                self._read_status(handle), self._failed_attempts(order_id)
             )
-            if status is not None and description.status == WorkflowExecutionStatus.RUNNING:
-                return OrderSummary(status, False, _pending_activities(description))
-            final = OrderSummary(await self._final_status(handle), True, [])
+        if not closed:
+            return OrderSummary(status, False, retrying_steps(status, failures))
+        final = OrderSummary(status, True, [])
         self._final_summaries[order_id] = final
         while len(self._final_summaries) > FINAL_SUMMARIES_KEPT:
             self._final_summaries.popitem(last=False)
