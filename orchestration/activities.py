@@ -115,27 +115,34 @@ class OrderActivities:
             message = f"{type(err).__name__}: {err}"
             await self._record_failure(order_id, message, "error")
             raise ApplicationError(message, type=type(err).__name__, category=BENIGN) from err
+        # No log line here: the workflow logs the step's completion with its attempt.
         errors = await self._earlier_failures(order_id) if info.attempt > 1 else []
-        activity.logger.info(
-            "activity attempt succeeded",
-            extra={"event": "attempt_succeeded", "order_id": order_id},
-        )
         return result, errors
 
     async def _cut_off_if_hung(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run the call, ending it after `attempt_timeout` while the outside call hangs.
+        """Run the call, ending it once the outside call has hung for `attempt_timeout`.
 
-        flaky_call either returns or raises at once, or hangs for 300 s. Once it has returned,
-        its effect is real and the call goes on to write the record of it: such a call is let
-        finish rather than abandoned, so the cut-off only ever ends a hung outside call."""
-        with business.tracking_writes() as writes:
+        flaky_call either returns or raises at once, or hangs for 300 s. The cut-off counts
+        from the outside call's start (a record read before it is bounded by the backstop
+        only). Once the outside call has returned, its effect is real and the call goes on to
+        write the record of it: such a call is let finish rather than abandoned, so the cut-off
+        only ever ends a hung outside call."""
+        loop = asyncio.get_running_loop()
+        with business.tracking_attempt() as tracker:
             attempt = asyncio.ensure_future(call())
         try:
-            await asyncio.wait({attempt}, timeout=self.attempt_timeout)
-            if not attempt.done() and not writes:
-                attempt.cancel()
-                await asyncio.wait({attempt})
-                raise HungCallCutOff
+            while not attempt.done():
+                started = tracker.outside_call_started_at
+                if tracker.writes or started is None:
+                    # Recording the effect, or still reading before the outside call.
+                    await asyncio.wait({attempt}, timeout=self.attempt_timeout)
+                    continue
+                remaining = started + self.attempt_timeout - loop.time()
+                if remaining <= 0:
+                    attempt.cancel()
+                    await asyncio.wait({attempt})
+                    raise HungCallCutOff
+                await asyncio.wait({attempt}, timeout=remaining)
             return await attempt
         finally:
             # A no-op once it is done; ends a hung call when Temporal cancels this activity.
@@ -203,7 +210,7 @@ class OrderActivities:
         _, errors = await self._attempt(
             input.order_id,
             lambda: business.order_received(
-                input.order_id, input.payment_id, input.items, input.address
+                input.order_id, input.payment_id, input.items, input.address, input.started_at
             ),
         )
         return StepResult(attempt=activity.info().attempt, errors=errors)
@@ -269,7 +276,7 @@ class OrderActivities:
         check_step_budget()
         async with asyncio.timeout(self.backstop):
             await business.close_order(
-                input.order_id, input.state, input.reason, input.payment_id, input.items
+                input.order_id, input.state, input.reason, input.payment_id, input.items, input.started_at
             )
 
     @activity.defn

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from dataclasses import dataclass, field
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
@@ -53,6 +54,10 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _parsed(moment: Optional[str]) -> Optional[datetime]:
+    return datetime.fromisoformat(moment) if moment else None
+
+
 def _log_unobserved_failure(write: asyncio.Task) -> None:
     if not write.cancelled() and write.exception() is not None:
         logger.warning(
@@ -61,18 +66,36 @@ def _log_unobserved_failure(write: asyncio.Task) -> None:
         )
 
 
-_started_writes: ContextVar[Optional[list[asyncio.Task]]] = ContextVar("started_writes", default=None)
+@dataclass
+class AttemptTracker:
+    """What an attempt's calls have done so far, for its cut-off (see activities.py)."""
+
+    outside_call_started_at: Optional[float] = None
+    """When the outside call (flaky_call) began, on the event loop's clock; None before."""
+    writes: list[asyncio.Task] = field(default_factory=list)
+    """The record writes started after the outside call returned."""
+
+
+_tracker: ContextVar[Optional[AttemptTracker]] = ContextVar("attempt_tracker", default=None)
 
 
 @contextmanager
-def tracking_writes() -> Iterator[list[asyncio.Task]]:
-    """Collect the record writes that calls inside this block start (in this task)."""
-    writes: list[asyncio.Task] = []
-    token = _started_writes.set(writes)
+def tracking_attempt() -> Iterator[AttemptTracker]:
+    """Follow the calls started inside this block (in this task): their outside call, and the
+    writes that record it."""
+    tracker = AttemptTracker()
+    token = _tracker.set(tracker)
     try:
-        yield writes
+        yield tracker
     finally:
-        _started_writes.reset(token)
+        _tracker.reset(token)
+
+
+def _outside_call_starts() -> None:
+    """Mark the outside call's start: the attempt's cut-off counts from here, so reading the
+    record first (the payment checks) never counts against it."""
+    if (tracker := _tracker.get()) is not None:
+        tracker.outside_call_started_at = asyncio.get_running_loop().time()
 
 
 async def _record(write: Awaitable[T]) -> T:
@@ -80,15 +103,14 @@ async def _record(write: Awaitable[T]) -> T:
     is cancelled meanwhile.
 
     Once flaky_call has returned, the effect is real and must be recorded: the activity's cut-off
-    is for a hung outside call, so it waits for this write (see `tracking_writes`) instead of
+    is for a hung outside call, so it waits for this write (see `tracking_attempt`) instead of
     abandoning it. Shielding also keeps a cancellation from tearing a transaction halfway
     (during BEGIN, COMMIT or ROLLBACK), where Piccolo would never return the connection to the
     pool; every write is idempotent, so a retry after a lost result finds it done."""
     task = asyncio.ensure_future(write)
     task.add_done_callback(_log_unobserved_failure)
-    writes = _started_writes.get()
-    if writes is not None:
-        writes.append(task)
+    if (tracker := _tracker.get()) is not None:
+        tracker.writes.append(task)
     return await asyncio.shield(task)
 
 
@@ -112,8 +134,12 @@ async def record_event(order_id: str, event_type: str, event_key: str, payload: 
 
 async def _advance_state(order_id: str, new_state: str, from_states: Iterable[str]) -> bool:
     """Move an order forward; a stale or repeated transition changes nothing."""
+    now = _now()
+    values = {Order.state: new_state, Order.updated_at: now}
+    if new_state in TERMINAL_STATES:
+        values[Order.finished_at] = now
     updated = (
-        await Order.update({Order.state: new_state, Order.updated_at: _now()})
+        await Order.update(values)
         .where((Order.id == order_id) & Order.state.is_in(list(from_states)))
         .returning(Order.id)
     )
@@ -128,14 +154,23 @@ async def _fetch_order(order_id: str) -> dict[str, Any]:
 
 
 async def order_received(
-    order_id: str, payment_id: str, items: list[Item], address: Optional[Address]
+    order_id: str,
+    payment_id: str,
+    items: list[Item],
+    address: Optional[Address],
+    started_at: Optional[str] = None,
 ) -> dict[str, Any]:
+    _outside_call_starts()
     await flaky_call()
-    return await _record(_insert_order(order_id, payment_id, items, address))
+    return await _record(_insert_order(order_id, payment_id, items, address, started_at))
 
 
 async def _insert_order(
-    order_id: str, payment_id: str, items: list[Item], address: Optional[Address]
+    order_id: str,
+    payment_id: str,
+    items: list[Item],
+    address: Optional[Address],
+    started_at: Optional[str],
 ) -> dict[str, Any]:
     items_json = [dataclasses.asdict(item) for item in items]
     address_json = dataclasses.asdict(address) if address else None
@@ -151,6 +186,7 @@ async def _insert_order(
                     address_json=address_json,
                     created_at=now,
                     updated_at=now,
+                    started_at=_parsed(started_at) or now,
                 )
             )
             .on_conflict(target=Order.id, action="DO NOTHING")
@@ -167,6 +203,7 @@ async def _insert_order(
 
 
 async def order_validated(order_id: str) -> bool:
+    _outside_call_starts()
     await flaky_call()
     return await _record(_validate_order(order_id))
 
@@ -192,6 +229,7 @@ async def payment_charged(order_id: str, payment_id: str) -> dict[str, Any]:
     keyed by payment_id too, so two attempts racing past the check still record one charge."""
     if (stored := await _stored_payment(order_id, payment_id)) is not None:
         return stored
+    _outside_call_starts()
     await flaky_call()
     return await _record(_insert_payment(order_id, payment_id))
 
@@ -250,6 +288,7 @@ async def payment_refunded(order_id: str, payment_id: str, reason: str) -> dict[
         return {"status": "not_charged", "amount": 0}
     if stored["status"] != "charged":
         return {"status": stored["status"], "amount": stored["amount"]}
+    _outside_call_starts()
     await flaky_call()
     return await _record(_refund_payment(order_id, payment_id, reason))
 
@@ -285,6 +324,7 @@ async def _refund_payment(order_id: str, payment_id: str, reason: str) -> dict[s
 
 
 async def order_shipped(order_id: str) -> str:
+    _outside_call_starts()
     await flaky_call()
     await _record(_mark_shipped(order_id))
     return "Shipped"
@@ -297,6 +337,7 @@ async def _mark_shipped(order_id: str) -> None:
 
 
 async def package_prepared(order_id: str, shipping_attempt: int) -> str:
+    _outside_call_starts()
     await flaky_call()
     await _record(
         _advance_with_event(
@@ -316,6 +357,7 @@ async def carrier_dispatched(
 ) -> str:
     if address is None:
         raise BusinessRuleViolation("the order has no shipping address")
+    _outside_call_starts()
     await flaky_call()
     # One dispatch per order, whichever shipping attempt achieved it.
     await _record(
@@ -359,7 +401,12 @@ async def record_address(order_id: str, address: Address, version: int) -> None:
 
 
 async def close_order(
-    order_id: str, state: str, reason: str, payment_id: str, items: list[Item]
+    order_id: str,
+    state: str,
+    reason: str,
+    payment_id: str,
+    items: list[Item],
+    started_at: Optional[str] = None,
 ) -> None:
     """Record a cancelled or failed order, creating its row if it never got received."""
     if state not in (CANCELLED, FAILED):
@@ -375,11 +422,13 @@ async def close_order(
                 items_json=[dataclasses.asdict(item) for item in items],
                 created_at=now,
                 updated_at=now,
+                started_at=_parsed(started_at) or now,
+                finished_at=now,
             )
         ).on_conflict(
             target=Order.id,
             action="DO UPDATE",
-            values=[Order.state, Order.reason, Order.updated_at],
+            values=[Order.state, Order.reason, Order.updated_at, Order.finished_at],
             where=Order.state.not_in(list(TERMINAL_STATES)),
         ).returning(Order.id)
         if closed:

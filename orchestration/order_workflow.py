@@ -49,7 +49,7 @@ with workflow.unsafe.imports_passed_through():
         DEADLINE_EXCEEDED,
         DISPATCHED,
         FAILED,
-        ORDER_STATE_ATTRIBUTE,
+        ORDER_PARKED_ATTRIBUTE,
         ORDER_STEPS,
         PARKED_STATES,
         RECEIVED,
@@ -200,7 +200,11 @@ class OrderWorkflow:
             "receive_order",
             OrderActivities.receive_order,
             ReceiveOrderInput(
-                self._input.order_id, self._input.payment_id, self._input.items, self._address
+                self._input.order_id,
+                self._input.payment_id,
+                self._input.items,
+                self._address,
+                self._started_at.isoformat(),
             ),
         )
         self._order_recorded = True
@@ -386,7 +390,12 @@ class OrderWorkflow:
         await self._bookkeeping(
             OrderActivities.close_order,
             CloseOrderInput(
-                self._input.order_id, state, reason, self._input.payment_id, self._input.items
+                self._input.order_id,
+                state,
+                reason,
+                self._input.payment_id,
+                self._input.items,
+                self._started_at.isoformat(),
             ),
         )
         self._book.complete("close_order", attempts=1)
@@ -439,7 +448,8 @@ class OrderWorkflow:
 
     def _transition(self, state: str, reason: str = "") -> None:
         previous, self._state = self._state, state
-        workflow.upsert_search_attributes([ORDER_STATE_ATTRIBUTE.value_set(state)])
+        if (previous in PARKED_STATES) != (state in PARKED_STATES):
+            workflow.upsert_search_attributes([ORDER_PARKED_ATTRIBUTE.value_set(state in PARKED_STATES)])
         self._book.log(
             f"order {previous} -> {state}",
             "state_transition",

@@ -128,6 +128,13 @@ class WorkerSettings:
         default_factory=lambda: _env_int("WORKER_WORKFLOW_TASK_POLLERS", 5)
     )
     """Concurrent workflow task polls per worker (WORKER_WORKFLOW_TASK_POLLERS)."""
+    sandboxed_workflows: bool = field(
+        default_factory=lambda: _env_str("WORKER_SANDBOXED_WORKFLOWS", "").lower() in ("1", "true", "yes")
+    )
+    """Run workflow code in Temporal's sandbox, which fails a workflow task on a non-deterministic
+    call (I/O, clocks, randomness). The tests always do (their workflow code is the same); the
+    workers do not by default: the sandbox took about a fifth of their CPU
+    (WORKER_SANDBOXED_WORKFLOWS=true)."""
     metrics_port: int = field(default_factory=lambda: _env_int("WORKER_METRICS_PORT", 0))
     """Port of the worker's Prometheus /metrics; 0 serves none (WORKER_METRICS_PORT)."""
     metrics_host: str = field(default_factory=lambda: _env_str("WORKER_METRICS_HOST", "127.0.0.1"))
@@ -144,13 +151,18 @@ class WebSettings:
     """Signs CSRF tokens and operator cookies; empty: a random key per process (WEB_SECRET_KEY)."""
     operator_token: str = field(default_factory=lambda: _env_str("OPERATOR_TOKEN", ""))
     """Credential every state-changing request needs; empty: none needed (OPERATOR_TOKEN)."""
-    max_orders_in_flight: int = field(default_factory=lambda: _env_int("MAX_ORDERS_IN_FLIGHT", 6))
+    max_orders_in_flight: int = field(default_factory=lambda: _env_int("MAX_ORDERS_IN_FLIGHT", 12))
     """New orders wait for a free place, then are refused (503), while this many run; 0: no limit
     (MAX_ORDERS_IN_FLIGHT)."""
     admission_wait_seconds: float = field(
-        default_factory=lambda: _env_float("ADMISSION_WAIT_SECONDS", 5.0)
+        default_factory=lambda: _env_float("ADMISSION_WAIT_SECONDS", 20.0)
     )
     """How long a start may wait for a free place before it is refused (ADMISSION_WAIT_SECONDS)."""
+    overview_window_seconds: float = field(
+        default_factory=lambda: _env_float("OVERVIEW_WINDOW_SECONDS", 60.0)
+    )
+    """The board overview's recent past: ended orders, throughput and latency over this many
+    seconds (OVERVIEW_WINDOW_SECONDS)."""
 
 
 @dataclass(frozen=True)

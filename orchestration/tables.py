@@ -12,8 +12,12 @@ class Order(Table, tablename="orders"):
     address_json = JSONB(null=True, default=None)
     # Why an order was cancelled or failed; empty while it is in flight or shipped.
     reason = Text(default="")
-    created_at = Timestamptz()
+    created_at = Timestamptz(index=True)
     updated_at = Timestamptz()
+    # When its workflow started and when it reached shipped, cancelled or failed: the board's
+    # overview reads the promise's figures (start to end, within 15 s) from these.
+    started_at = Timestamptz(null=True, default=None)
+    finished_at = Timestamptz(null=True, default=None, index=True)
 
 
 class Payment(Table, tablename="payments"):

@@ -9,7 +9,8 @@ import sys
 from datetime import timedelta
 from typing import Sequence
 
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from orchestration.activities import OrderActivities
 from orchestration.database import close_pool, open_pool
@@ -29,6 +30,9 @@ def build_worker(
         task_queue=task_queue,
         workflows=list(workflows),
         activities=list(activities),
+        workflow_runner=(
+            SandboxedWorkflowRunner() if settings.worker.sandboxed_workflows else UnsandboxedWorkflowRunner()
+        ),
         # Every order keeps several short activities in flight; the default 100 slots fill up
         # under load while hung attempts wait for their cut-off.
         max_concurrent_activities=settings.worker.max_concurrent_activities,

@@ -38,14 +38,16 @@ import json
 import math
 import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import httpx
 
@@ -58,11 +60,14 @@ PROMISE_SECONDS = 15.0
 ADDRESS = {"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 STATUS_AGE_HEADER = "X-Status-Age"
+# A 503 at the admission limit says this (web/service.py); any other 503 is an outage.
+CAPACITY_REFUSAL = "orders are being processed"
 # A row answers 200, or 286 (htmx: stop polling) once its order has ended.
 ROW_ANSWERED = (200, 286)
 # After a failed status request (e.g. 503 while the system is overloaded), wait before the next.
 ERROR_PAUSE_SECONDS = 0.25
 APPROVE_TRIES = 8
+STATUS_EVERY = 3
 
 # Which server process a command line belongs to; the first match wins.
 PROCESS_KINDS: list[tuple[str, Callable[[list[str]], bool]]] = [
@@ -101,6 +106,13 @@ class OrderRecord:
     status_errors: int = 0
     capacity_refusals: int = 0
     """Starts answered 503 with Retry-After (the system at MAX_ORDERS_IN_FLIGHT), then retried."""
+    outage_refusals: int = 0
+    """Starts answered 503 for an outage (Temporal or the database not answering), retried."""
+    total_seconds: Optional[float] = None
+    """First start request sent -> terminal status read: what the client saw, refusals and
+    waits for a place included."""
+    gave_up: bool = False
+    """Not admitted within --give-up-seconds of the first request."""
     error: str = ""
 
     @property
@@ -155,18 +167,28 @@ async def run_order(
     client: httpx.AsyncClient, record: OrderRecord, args: argparse.Namespace, progress: Progress
 ) -> None:
     """Start, approve and follow one order to a terminal state (or to --order-timeout)."""
+    first_sent_at = time.monotonic()
     while True:
         sent_at = time.monotonic()
         response = await client.post(
             f"/orders/{record.order_id}/start",
             json={"payment_id": f"pay-{record.order_id}", "items": [{"sku": "ABC", "qty": 1}], "address": ADDRESS},
+            timeout=args.start_timeout,
         )
         # At capacity the system holds a start for a while, then refuses it and says when to
-        # come back, as a script user would do. The client latency counts from the accepted
-        # start's answer; how long that start took, waiting included, is reported apart.
+        # come back, as a script user would do; an outage answers 503 with Retry-After too. The
+        # client latency counts from the accepted start's answer; how long that start took,
+        # waiting included, and the time from the first request are reported apart.
         if response.status_code != 503 or "retry-after" not in response.headers:
             break
-        record.capacity_refusals += 1
+        if CAPACITY_REFUSAL in response.text:
+            record.capacity_refusals += 1
+        else:
+            record.outage_refusals += 1
+        if time.monotonic() - first_sent_at > args.give_up_seconds:
+            record.gave_up, record.state = True, "gave up"
+            record.error = f"not admitted within {args.give_up_seconds:g} s: {response.text[:200]}"
+            return
         await asyncio.sleep(float(response.headers["retry-after"]))
     answered_at = time.monotonic()
     record.start_http_status = response.status_code
@@ -189,6 +211,8 @@ async def run_order(
                 break
             await asyncio.sleep(ERROR_PAUSE_SECONDS)
         await follow_until_terminal(client, record, args, answered_at)
+        if record.client_seconds is not None:
+            record.total_seconds = record.client_seconds + (answered_at - first_sent_at)
     finally:
         del progress.in_flight[record.order_id]
     progress.states[record.state] += 1
@@ -254,10 +278,11 @@ async def run_orders(
 
 async def watch_board_rows(
     client: httpx.AsyncClient, progress: Progress, samples: list[RowSample], board: dict[str, Any],
-    interval: float,
+    interval: float, status_samples: list[RowSample],
 ) -> None:
     """Poll the row fragment of every order in flight every `interval` seconds, as the board
-    page does for each row it shows, and time each answer.
+    page does for each row it shows, and time each answer; every STATUS_EVERY polls, time the
+    order's full status (GET /orders/{id}/status) too, as a script following it would.
 
     Which route to time is decided on the first order that ended (its row surely exists): a 404
     there means the board has no row route, and the order status is timed instead."""
@@ -280,10 +305,12 @@ async def watch_board_rows(
             await client.get(route)
         except httpx.HTTPError:
             pass
+        polls = 0
         while True:
             await asyncio.sleep(interval)
             if order_id not in progress.in_flight:
                 return
+            polls += 1
             began = time.perf_counter()
             try:
                 response = await client.get(route)
@@ -294,6 +321,15 @@ async def watch_board_rows(
                 time.perf_counter() - began, http_status, len(progress.in_flight),
                 None if age is None else float(age),
             ))
+            if polls % STATUS_EVERY == 1:
+                began = time.perf_counter()
+                try:
+                    http_status = (await client.get(f"/orders/{order_id}/status")).status_code
+                except httpx.HTTPError:
+                    http_status = 0
+                status_samples.append(
+                    RowSample(time.perf_counter() - began, http_status, len(progress.in_flight))
+                )
 
     try:
         while True:
@@ -304,6 +340,20 @@ async def watch_board_rows(
     finally:
         for task in watched.values():
             task.cancel()
+
+
+async def watch_overview(
+    client: httpx.AsyncClient, progress: Progress, samples: list[RowSample], interval: float
+) -> None:
+    """Time the board's overview panel (GET /board/overview), as an open board polls it."""
+    while True:
+        began = time.perf_counter()
+        try:
+            http_status = (await client.get("/board/overview")).status_code
+        except httpx.HTTPError:
+            http_status = 0
+        samples.append(RowSample(time.perf_counter() - began, http_status, len(progress.in_flight)))
+        await asyncio.sleep(interval)
 
 
 # Processes and worker metrics.
@@ -395,34 +445,53 @@ class Target:
     figure: str
     key: str
     """Key of the measured value in the summary."""
-    limit: float
+    limit: Union[float, str]
+    """The bound, or the key of a figure of this run that is the bound (e.g. the floor's)."""
     at_most: bool
     applies_to: str
     applies: Callable[[argparse.Namespace], bool]
 
-    def verdict(self, measured: Optional[float]) -> str:
-        if measured is None:
+    def bound(self, summary: dict[str, Any]) -> Optional[float]:
+        return summary.get(self.limit) if isinstance(self.limit, str) else self.limit
+
+    def verdict(self, summary: dict[str, Any]) -> str:
+        measured, bound = summary.get(self.key), self.bound(summary)
+        if measured is None or bound is None:
             return "no data"
-        holds = measured <= self.limit if self.at_most else measured >= self.limit
+        holds = measured <= bound if self.at_most else measured >= bound
         return "pass" if holds else "MISS"
 
 
+def c1(a: argparse.Namespace) -> bool:
+    return a.orders == 50 and a.concurrency == 1
+
+
+def c50(a: argparse.Namespace) -> bool:
+    return a.orders == 1000 and a.concurrency == 50
+
+
 TARGETS = [
-    Target("latency p50 (workflow)", "workflow_p50_s", 0.8, True, "N=50 C=1",
-           lambda a: a.orders == 50 and a.concurrency == 1),
-    Target("latency p99 (workflow)", "workflow_p99_s", 2.5, True, "N=50 C=1",
-           lambda a: a.orders == 50 and a.concurrency == 1),
-    Target("terminal within 15 s (%)", "within_promise_pct", 100.0, False, "N=1000 C=50",
-           lambda a: a.orders == 1000 and a.concurrency == 50),
-    Target("failed orders", "failed", 0, True, "N=1000 C=50",
-           lambda a: a.orders == 1000 and a.concurrency == 50),
-    Target("latency p99 (workflow)", "workflow_p99_s", 10.0, True, "N=1000 C=50",
-           lambda a: a.orders == 1000 and a.concurrency == 50),
+    Target("latency p50 (workflow), at most the local floor's", "workflow_p50_s", "floor_local_p50_s",
+           True, "N=50 C=1", c1),
+    Target("latency p99 (workflow)", "workflow_p99_s", 1.0, True, "N=50 C=1", c1),
+    Target("terminal within 15 s (%)", "within_promise_pct", 100.0, False, "N=1000 C=50", c50),
+    Target("failed orders", "failed", 0, True, "N=1000 C=50", c50),
+    Target("latency p99 (workflow)", "workflow_p99_s", 3.0, True, "N=1000 C=50", c50),
     Target("throughput (orders/s)", "orders_per_second", 8.0, False, "C=50",
            lambda a: a.concurrency == 50),
+    Target("throughput as a share of the local floor", "share_of_local_floor", 0.85, False, "C=50",
+           lambda a: a.concurrency == 50),
+    Target("Temporal server CPU s per order", "server_cpu_per_order", 0.10, True, "C=50",
+           lambda a: a.concurrency == 50),
+    Target("client-seen p99, first request to end (s)", "total_p99_s", 15.0, True,
+           "N=300 C=50", lambda a: a.orders == 300 and a.concurrency == 50),
+    Target("starts given up", "gave_up", 0, True, "N=300 C=50",
+           lambda a: a.orders == 300 and a.concurrency == 50),
     Target("activity coroutines after settle", "coroutines_after_settle", 0, True, "every run",
            lambda a: True),
     Target("board row p95 (ms)", "row_p95_ms", 150.0, True, "100 in flight",
+           lambda a: a.concurrency >= 100),
+    Target("overview panel p95 (ms)", "overview_p95_ms", 150.0, True, "100 in flight",
            lambda a: a.concurrency >= 100),
 ]
 
@@ -444,16 +513,27 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def summarise(
     records: list[OrderRecord], wall_seconds: float, row_samples: list[RowSample],
-    after_run: dict[str, Any], after_settle: dict[str, Any], attempts: Counter[str],
+    status_samples: list[RowSample], overview_samples: list[RowSample],
+    after_run: dict[str, Any], after_settle: dict[str, Any],
+    attempts: Counter[str], cpu: dict[str, float], floor: dict[str, Any],
 ) -> dict[str, Any]:
     workflow_times = [r.workflow_seconds for r in records if r.workflow_seconds is not None]
     client_times = [r.client_seconds for r in records if r.client_seconds is not None]
+    total_times = [r.total_seconds for r in records if r.total_seconds is not None]
+    status_ms = [s.seconds * 1000 for s in status_samples if s.http_status == 200]
+    overview_ms = [s.seconds * 1000 for s in overview_samples if s.http_status == 200]
     start_times = [r.start_seconds for r in records if r.start_seconds is not None]
     terminal = [r for r in records if r.terminal]
     within = [r for r in terminal if r.workflow_seconds is not None and r.workflow_seconds <= r.deadline_seconds]
     row_ms = [s.seconds * 1000 for s in row_samples if s.http_status in ROW_ANSWERED]
     row_ages = [s.status_age for s in row_samples if s.status_age is not None]
     workflow, client = latency_summary(workflow_times), latency_summary(client_times)
+    total = latency_summary(total_times)
+    throughput = len(terminal) / wall_seconds if wall_seconds else None
+    shares = {
+        f"share_of_{shape}_floor": throughput / figures["orders_per_second"] if throughput else None
+        for shape, figures in floor.items()
+    }
     return {
         "orders": len(records),
         "states": dict(Counter(r.state for r in records)),
@@ -466,13 +546,33 @@ def summarise(
         "workflow_latency_s": workflow,
         "client_latency_s": client,
         "start_answer_s": latency_summary(start_times),
+        "total_latency_s": total,
+        "total_p99_s": total["p99"],
+        "gave_up": sum(r.gave_up for r in records),
+        "outage_refusals": sum(r.outage_refusals for r in records),
         "workflow_p50_s": workflow["p50"],
         "workflow_p99_s": workflow["p99"],
+        "server_cpu_per_order": cpu["temporal server"] / len(terminal)
+        if terminal and "temporal server" in cpu else None,
+        "floor": floor,
+        **{f"floor_{shape}_p50_s": figures["p50"] for shape, figures in floor.items()},
+        **shares,
+        "status_samples": len(status_samples),
+        "status_errors_sampled": sum(s.http_status != 200 for s in status_samples),
+        "status_p50_ms": percentile(status_ms, 0.50),
+        "status_p95_ms": percentile(status_ms, 0.95),
+        "overview_samples": len(overview_samples),
+        "overview_errors": sum(s.http_status != 200 for s in overview_samples),
+        "overview_p50_ms": percentile(overview_ms, 0.50),
+        "overview_p95_ms": percentile(overview_ms, 0.95),
+        "overview_mean_in_flight": (
+            sum(s.in_flight for s in overview_samples) / len(overview_samples) if overview_samples else None
+        ),
         "wall_seconds": wall_seconds,
         "status_requests": sum(r.status_requests for r in records),
         "status_errors": sum(r.status_errors for r in records),
         "capacity_refusals": sum(r.capacity_refusals for r in records),
-        "orders_per_second": len(terminal) / wall_seconds if wall_seconds else None,
+        "orders_per_second": throughput,
         "row_samples": len(row_samples),
         "row_errors": sum(s.http_status not in ROW_ANSWERED for s in row_samples),
         "row_p50_ms": percentile(row_ms, 0.50),
@@ -504,6 +604,9 @@ def report(
          " / ".join(fmt(workflow[k]) for k in ("p50", "p90", "p99", "max"))),
         ("latency client p50/p90/p99/max s",
          " / ".join(fmt(client[k]) for k in ("p50", "p90", "p99", "max"))),
+        ("client-seen, first request to end, p50/p90/p99/max s",
+         " / ".join(fmt(summary["total_latency_s"][k]) for k in ("p50", "p90", "p99", "max"))
+         + f"  ({summary['gave_up']} gave up after {args.give_up_seconds:g} s)"),
         ("start answered after p50/p99/max s",
          " / ".join(fmt(summary["start_answer_s"][k]) for k in ("p50", "p99", "max"))
          + "  (waiting for a place included)"),
@@ -511,7 +614,13 @@ def report(
         (f"status requests (wait={args.wait_seconds:g} s) / errors",
          f"{summary['status_requests']} / {summary['status_errors']}"),
         ("throughput orders/s", fmt(summary["orders_per_second"])),
-        ("starts refused at capacity, retried", str(summary["capacity_refusals"])),
+        *[(f"  floor ({shape} activities): orders/s, p50 / p99 s, product's share",
+           f"{fmt(figures['orders_per_second'])}, {fmt(figures['p50'])} / {fmt(figures['p99'])},"
+           f" {fmt(summary[f'share_of_{shape}_floor'])}")
+          for shape, figures in summary["floor"].items()],
+        ("Temporal server CPU s per order", fmt(summary["server_cpu_per_order"], 3)),
+        ("starts refused at capacity / for an outage, retried",
+         f"{summary['capacity_refusals']} / {summary['outage_refusals']}"),
         ("activity attempts by outcome",
          ", ".join(f"{k} {v}" for k, v in sorted(summary["activity_attempts"].items())) or "-"),
         ("activity coroutines running: right after / settled",
@@ -523,6 +632,13 @@ def report(
          f" mean {fmt(summary['row_mean_in_flight'], 1)} in flight)"),
         ("row status age p50/p95 s (how old the shown status was)",
          f"{fmt(summary['row_status_age_p50_s'])} / {fmt(summary['row_status_age_p95_s'])}"),
+        ("overview panel p50/p95 ms (GET /board/overview)",
+         f"{fmt(summary['overview_p50_ms'], 1)} / {fmt(summary['overview_p95_ms'], 1)}"
+         f"  ({summary['overview_samples']} samples, {summary['overview_errors']} errors,"
+         f" mean {fmt(summary['overview_mean_in_flight'], 1)} in flight)"),
+        ("GET /orders/{id}/status p50/p95 ms while in flight",
+         f"{fmt(summary['status_p50_ms'], 1)} / {fmt(summary['status_p95_ms'], 1)}"
+         f"  ({summary['status_samples']} samples, {summary['status_errors_sampled']} errors)"),
         *[(f"CPU s {kind}", f"{seconds:.1f} ({100 * seconds / wall:.0f} % of a core)" if wall else f"{seconds:.1f}")
           for kind, seconds in cpu.items()],
     ]
@@ -534,9 +650,9 @@ def report(
         measured = summary.get(target.key)
         verdicts.append({
             "figure": target.figure, "measured": measured,
-            "target": f"{'<=' if target.at_most else '>='} {target.limit:g}",
+            "target": f"{'<=' if target.at_most else '>='} {fmt(target.bound(summary))}",
             "applies_to": target.applies_to, "this_run_is_that_run": target.applies(args),
-            "verdict": target.verdict(measured),
+            "verdict": target.verdict(summary),
         })
     text += "\n\nTargets (a verdict counts only where this run is the target's run)\n" + table(
         ("figure", "measured", "target", "target's run", "this run?", "verdict"),
@@ -591,7 +707,23 @@ async def report_progress(progress: Progress, began: float) -> None:
         )
 
 
+def run_floor(args: argparse.Namespace) -> dict[str, Any]:
+    """scripts/temporal_floor.py's figures for both shapes at this run's concurrency, measured
+    now, before the product (one after the other: they would share the CPU otherwise)."""
+    orders = min(args.orders, args.floor_orders)
+    print(f"benchmark: the floor first: {orders} orders, {args.concurrency} in flight, each shape",
+          file=sys.stderr, flush=True)
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(
+            [sys.executable, str(REPO_ROOT / "scripts" / "temporal_floor.py"), "-n", str(orders),
+             "-c", str(args.concurrency), "--json-out", out.name],
+            check=True, stdout=sys.stderr,
+        )
+        return json.loads(Path(out.name).read_text())
+
+
 async def benchmark(args: argparse.Namespace) -> int:
+    floor = run_floor(args) if args.floor else {}
     run_id = args.run_id or uuid.uuid4().hex[:8]
     records = [OrderRecord(f"bench-{run_id}-{i:05d}") for i in range(args.orders)]
     limits = httpx.Limits(max_connections=args.concurrency + 10, max_keepalive_connections=args.concurrency + 10)
@@ -610,13 +742,18 @@ async def benchmark(args: argparse.Namespace) -> int:
 
         progress = Progress(total=args.orders)
         row_samples: list[RowSample] = []
+        status_samples: list[RowSample] = []
+        overview_samples: list[RowSample] = []
         board: dict[str, Any] = {}
         began = time.monotonic()
         print(f"benchmark: run {run_id}, {args.orders} orders, {args.concurrency} in flight, against {args.url}",
               file=sys.stderr, flush=True)
         helpers = [
             asyncio.create_task(report_progress(progress, began)),
-            asyncio.create_task(watch_board_rows(client, progress, row_samples, board, args.row_interval)),
+            asyncio.create_task(watch_board_rows(
+                client, progress, row_samples, board, args.row_interval, status_samples
+            )),
+            asyncio.create_task(watch_overview(client, progress, overview_samples, args.row_interval)),
         ]
         try:
             await run_orders(client, records, args, progress)
@@ -634,8 +771,9 @@ async def benchmark(args: argparse.Namespace) -> int:
 
     cpu = {kind: cpu_after.get(kind, 0.0) - cpu_before.get(kind, 0.0) for kind, _ in PROCESS_KINDS if kind in cpu_before}
     cpu["benchmark client"] = own_after - own_before
-    summary = summarise(records, wall_seconds, row_samples, metrics_after_run, metrics_after_settle,
-                        attempts_during(metrics_before, metrics_after_run))
+    summary = summarise(records, wall_seconds, row_samples, status_samples, overview_samples,
+                        metrics_after_run, metrics_after_settle,
+                        attempts_during(metrics_before, metrics_after_run), cpu, floor)
     text, verdicts = report(summary, cpu, board, args)
     print(text)
     unreadable = {url: s["error"] for url, s in metrics_after_settle.items() if "error" in s}
@@ -683,6 +821,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--order-timeout", type=float, default=60.0,
                         help="stop following an order that is not terminal after this many seconds (default 60)")
     parser.add_argument("--http-timeout", type=float, default=10.0, help="per request, seconds (default 10)")
+    parser.add_argument("--start-timeout", type=float, default=60.0,
+                        help="per start request, which may wait for a place (default 60)")
+    parser.add_argument("--give-up-seconds", type=float, default=90.0,
+                        help="give a start up when not admitted this long after its first request (default 90)")
+    parser.add_argument("--floor", action="store_true",
+                        help="first run scripts/temporal_floor.py (both shapes) at this concurrency, and "
+                             "report the product's throughput as a share of each")
+    parser.add_argument("--floor-orders", type=int, default=300,
+                        help="orders per floor shape, at most -n (default 300)")
     parser.add_argument("--row-interval", type=float, default=1.0,
                         help="seconds between polls of one row, as the board polls (default 1)")
     parser.add_argument("--metrics-url", action="append",

@@ -59,7 +59,7 @@ def main() -> None:
         "--log-format", "json",
         *dynamic_config_args(),
         # The orders publish their state under this attribute (the workers register it too).
-        "--search-attribute", "OrderState=Keyword",
+        "--search-attribute", "OrderParked=Bool",
     ]
     os.execv(command[0], command)
 

@@ -1,20 +1,25 @@
 """What the bare workflow shape costs Temporal: the floor under scripts/benchmark.py's figures.
 
-Usage: .venv/bin/python scripts/temporal_floor.py [-n 300] [-c 50]
+Usage: .venv/bin/python scripts/temporal_floor.py [-n 300] [-c 50] [--shape local|regular|both]
+       [--json-out FILE]
 
-Runs the order's shape and nothing else: six activities that each await the real flaky_call
-(four on the order's queue, two in a child workflow on its own queue), an approve signal,
-the same retry policy, timeouts and in-activity cut-off as the product, against its own Temporal
-dev server started exactly as scripts/start starts it. No database, no web server, no logging or
-bookkeeping; both workers and the client share this one process. It prints the CPU seconds per
-order of the server and of this process, and the throughput those allow on this machine's cores.
-If the product is slower than this, the difference is ours; what this script measures is not.
+Runs the order's shape and nothing else: six steps that each await the real flaky_call (four in
+the order workflow, two in a child workflow on its own queue), an approve signal, the same retry
+policy and in-activity cut-off as the product, against its own Temporal dev server started
+exactly as scripts/start starts it. Two shapes: `local`, the steps as local activities (as the
+product runs them), and `regular`, the steps as regular activities (as it ran them before, with
+the 2-s start-to-close backstop). No database, no web server, no logging or bookkeeping; both
+workers and the client share this one process. It prints, per shape, throughput, latency, the
+CPU seconds per order of the server and of this process, and the throughput those allow on this
+machine's cores. If the product is slower than this, the difference is ours; what this script
+measures is not. scripts/benchmark.py --floor runs it beside the product.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -42,7 +47,13 @@ with workflow.unsafe.imports_passed_through():
 ORDER_QUEUE = "floor-orders"
 SHIPPING_QUEUE = "floor-shipping"
 POLICY = OrderPolicy()
-ATTEMPT_TIMEOUT_SECONDS = WorkerSettings().attempt_timeout_seconds
+WORKER = WorkerSettings()
+ATTEMPT_TIMEOUT_SECONDS = WORKER.attempt_timeout_seconds
+# No deadline: every order completes, however long it takes, so that the cost of a whole order
+# is measured (the product fails an order that runs out of time, which costs less). A local
+# activity needs some timeout; this one never ends a step.
+UNBOUNDED = timedelta(minutes=10)
+SHAPES = ("local", "regular")
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 BENIGN = ApplicationErrorCategory.BENIGN
 
@@ -63,23 +74,26 @@ async def business_step(name: str) -> int:
     return activity.info().attempt
 
 
-async def run_step(name: str) -> None:
-    # No deadline: every order completes, however long it takes, so that the cost of a whole
-    # order is measured (the product fails an order that runs out of time, which costs less).
-    await workflow.execute_activity(
-        business_step,
-        name,
-        start_to_close_timeout=timedelta(seconds=POLICY.attempt_backstop_seconds),
-        retry_policy=retry_policy(POLICY),
-    )
+async def run_step(name: str, local: bool) -> None:
+    if local:
+        await workflow.execute_local_activity(
+            business_step, name, schedule_to_close_timeout=UNBOUNDED, retry_policy=retry_policy(POLICY)
+        )
+    else:
+        await workflow.execute_activity(
+            business_step,
+            name,
+            start_to_close_timeout=timedelta(seconds=WORKER.attempt_backstop_seconds),
+            retry_policy=retry_policy(POLICY),
+        )
 
 
 @workflow.defn
 class BareShipping:
     @workflow.run
-    async def run(self) -> None:
-        await run_step("prepare_package")
-        await run_step("dispatch_carrier")
+    async def run(self, local: bool) -> None:
+        await run_step("prepare_package", local)
+        await run_step("dispatch_carrier", local)
 
 
 @workflow.defn
@@ -92,19 +106,21 @@ class BareOrder:
         self.approved = True
 
     @workflow.run
-    async def run(self) -> None:
-        await run_step("receive_order")
-        await run_step("validate_order")
+    async def run(self, local: bool) -> None:
+        await run_step("receive_order", local)
+        await run_step("validate_order", local)
         await workflow.wait_condition(
             lambda: self.approved, timeout=timedelta(seconds=POLICY.review_timeout_seconds)
         )
-        await run_step("charge_payment")
+        await run_step("charge_payment", local)
         await workflow.execute_child_workflow(
             BareShipping.run,
+            local,
             id=f"{workflow.info().workflow_id}-shipping",
             task_queue=SHIPPING_QUEUE,
+            task_timeout=timedelta(seconds=POLICY.workflow_task_timeout_seconds),
         )
-        await run_step("mark_shipped")
+        await run_step("mark_shipped", local)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -127,7 +143,9 @@ async def connect(address: str) -> Client:
     raise SystemExit(f"no Temporal dev server answered at {address}")
 
 
-async def measure(client: Client, server_pid: int, orders: int, in_flight: int) -> dict[str, float]:
+async def measure(
+    client: Client, server_pid: int, orders: int, in_flight: int, local: bool
+) -> dict[str, float]:
     slots = asyncio.Semaphore(in_flight)
     latencies: list[float] = []
 
@@ -135,20 +153,26 @@ async def measure(client: Client, server_pid: int, orders: int, in_flight: int) 
         async with slots:
             began = time.monotonic()
             handle = await client.start_workflow(
-                BareOrder.run, id=f"floor-{uuid.uuid4().hex}", task_queue=ORDER_QUEUE
+                BareOrder.run,
+                local,
+                id=f"floor-{uuid.uuid4().hex}",
+                task_queue=ORDER_QUEUE,
+                task_timeout=timedelta(seconds=POLICY.workflow_task_timeout_seconds),
             )
             await handle.signal(BareOrder.approve)
             await handle.result()
             latencies.append(time.monotonic() - began)
 
-    order_worker = Worker(
-        client, task_queue=ORDER_QUEUE, workflows=[BareOrder], activities=[business_step],
-        max_concurrent_activities=500,
-    )
-    shipping_worker = Worker(
-        client, task_queue=SHIPPING_QUEUE, workflows=[BareShipping], activities=[business_step],
-        max_concurrent_activities=500,
-    )
+    # The product's worker options (orchestration/worker.py) where they bear on the shape.
+    options = {
+        "activities": [business_step],
+        "max_concurrent_activities": WORKER.max_concurrent_activities,
+        "max_concurrent_local_activities": WORKER.max_concurrent_activities,
+        "max_concurrent_workflow_tasks": WORKER.max_concurrent_workflow_tasks,
+        "sticky_queue_schedule_to_start_timeout": timedelta(seconds=WORKER.sticky_schedule_to_start_seconds),
+    }
+    order_worker = Worker(client, task_queue=ORDER_QUEUE, workflows=[BareOrder], **options)
+    shipping_worker = Worker(client, task_queue=SHIPPING_QUEUE, workflows=[BareShipping], **options)
     async with order_worker, shipping_worker:
         server_before, own_before = cpu_seconds(server_pid), cpu_seconds(os.getpid())
         began = time.monotonic()
@@ -158,20 +182,17 @@ async def measure(client: Client, server_pid: int, orders: int, in_flight: int) 
         own = cpu_seconds(os.getpid()) - own_before
     latencies.sort()
     return {
-        "wall": wall,
+        "orders_per_second": orders / wall,
         "p50": latencies[len(latencies) // 2],
         "p99": latencies[max(0, round(len(latencies) * 0.99) - 1)],
         "within_promise": sum(1 for latency in latencies if latency <= POLICY.deadline_seconds) / orders,
-        "server": server / orders,
-        "python": own / orders,
+        "server_cpu_per_order": server / orders,
+        "python_cpu_per_order": own / orders,
     }
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", "--orders", type=int, default=300)
-    parser.add_argument("-c", "--in-flight", type=int, default=50)
-    args = parser.parse_args()
+async def run_shape(local: bool, orders: int, in_flight: int) -> dict[str, float]:
+    """One shape against a dev server of its own, started as scripts/start starts it."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="temporal-floor-") as data:
         server = subprocess.Popen(
@@ -181,20 +202,41 @@ async def main() -> None:
         )
         try:
             client = await connect(f"127.0.0.1:{port}")
-            result = await measure(client, server.pid, args.orders, args.in_flight)
+            return await measure(client, server.pid, orders, in_flight, local)
         finally:
             server.terminate()
             server.wait()
+
+
+def report(shape: str, orders: int, in_flight: int, result: dict[str, float]) -> str:
     cores = os.cpu_count() or 1
-    per_order = result["server"] + result["python"]
-    print(f"orders / in flight            {args.orders} / {args.in_flight}")
-    print(f"throughput orders/s           {args.orders / result['wall']:.2f}")
-    print(f"latency p50 / p99 s           {result['p50']:.2f} / {result['p99']:.2f}")
-    print(f"within {POLICY.deadline_seconds:g} s                  {result['within_promise']:.1%}")
-    print(f"CPU s per order: server       {result['server']:.3f}")
-    print(f"CPU s per order: workers      {result['python']:.3f}  (both workers and the client)")
-    print(f"ceiling on {cores} cores           {cores / per_order:.1f} orders/s  "
-          f"(server alone: {cores / result['server']:.1f})")
+    per_order = result["server_cpu_per_order"] + result["python_cpu_per_order"]
+    return "\n".join([
+        f"shape                         {shape} activities",
+        f"orders / in flight            {orders} / {in_flight}",
+        f"throughput orders/s           {result['orders_per_second']:.2f}",
+        f"latency p50 / p99 s           {result['p50']:.2f} / {result['p99']:.2f}",
+        f"within {POLICY.deadline_seconds:g} s                  {result['within_promise']:.1%}",
+        f"CPU s per order: server       {result['server_cpu_per_order']:.3f}",
+        f"CPU s per order: workers      {result['python_cpu_per_order']:.3f}  (both workers and the client)",
+        f"ceiling on {cores} cores           {cores / per_order:.1f} orders/s  "
+        f"(server alone: {cores / result['server_cpu_per_order']:.1f})",
+    ])
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--orders", type=int, default=300)
+    parser.add_argument("-c", "--in-flight", type=int, default=50)
+    parser.add_argument("--shape", choices=(*SHAPES, "both"), default="both")
+    parser.add_argument("--json-out", help="write the figures of each shape as JSON here")
+    args = parser.parse_args()
+    results = {}
+    for shape in SHAPES if args.shape == "both" else (args.shape,):
+        results[shape] = await run_shape(shape == "local", args.orders, args.in_flight)
+        print(report(shape, args.orders, args.in_flight, results[shape]), flush=True)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ os.environ["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{POSTGRES_PORT}/o
 # Tests start orders from many modules at once (fuzzing alone starts dozens); the admission
 # limit would turn unrelated tests' starts into 503s. The limit has its own test, with its own app.
 os.environ["MAX_ORDERS_IN_FLIGHT"] = "0"
+# The workers of the tests run the workflows in Temporal's sandbox, which fails a workflow task on
+# a non-deterministic call; production workers skip it for speed (orchestration/settings.py).
+os.environ["WORKER_SANDBOXED_WORKFLOWS"] = "true"
 
 import pytest  # noqa: E402
 import pytest_asyncio  # noqa: E402
@@ -36,7 +39,7 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from orchestration.activities import ActivityCounter, OrderActivities  # noqa: E402
 from orchestration.database import close_pool, open_pool  # noqa: E402
-from orchestration.models import ORDER_STATE_ATTRIBUTE  # noqa: E402
+from orchestration.models import ORDER_PARKED_ATTRIBUTE  # noqa: E402
 from orchestration.order_workflow import OrderWorkflow  # noqa: E402
 from orchestration.settings import get_settings  # noqa: E402
 from orchestration.temporal_client import ensure_search_attributes  # noqa: E402
@@ -93,7 +96,7 @@ async def dev_server():
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(BIN / "temporal"),
         dev_server_extra_args=dynamic_config_args(),
-        search_attributes=[ORDER_STATE_ATTRIBUTE],
+        search_attributes=[ORDER_PARKED_ATTRIBUTE],
     )
     yield env
     await env.shutdown()

@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from orchestration.models import AddressUpdate, CancelOrder
 from orchestration.order_workflow import OrderWorkflow
-from orchestration.models import ORDER_STATE_ATTRIBUTE
+from orchestration.models import ORDER_PARKED_ATTRIBUTE
 from scripts.temporal_dev_server import dynamic_config_args
 from tests.test_order_workflow import (
     HOME,
@@ -101,7 +101,7 @@ async def main() -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(DEV_SERVER),
         dev_server_extra_args=dynamic_config_args(),
-        search_attributes=[ORDER_STATE_ATTRIBUTE],
+        search_attributes=[ORDER_PARKED_ATTRIBUTE],
     )
     workflow_ids: dict[str, str] = {}
     try:

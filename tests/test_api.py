@@ -26,8 +26,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestration.models import (
-    ORDER_STATE_ATTRIBUTE,
-    STARTED,
+    ORDER_PARKED_ATTRIBUTE,
     TERMINAL_STATES,
     Item,
     OrderInput,
@@ -348,7 +347,7 @@ async def busy_order(client: Client) -> WorkflowHandle:
         OrderInput(order_id, f"pay-{order_id}", [Item("ABC")], None, OrderPolicy(), "shipping"),
         id=f"order-{order_id}",
         task_queue=f"no-worker-{order_id}",
-        search_attributes=TypedSearchAttributes([SearchAttributePair(ORDER_STATE_ATTRIBUTE, STARTED)]),
+        search_attributes=TypedSearchAttributes([SearchAttributePair(ORDER_PARKED_ATTRIBUTE, False)]),
     )
     # The count comes from Temporal's visibility, which follows a start within moments.
     while not (await client.count_workflows(f"{ACTIVE_ORDERS_QUERY} AND WorkflowId = '{handle.id}'")).count:

@@ -11,6 +11,7 @@ installed (scripts/test installs it); without it these tests fail rather than sk
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import uuid
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, Dialog, Page, Route, async_playwright, expect
 from temporalio.client import Client
 
+from orchestration.settings import get_settings
 from tests.conftest import served_over_http
 from tests.test_api import HOME, OFFICE, order_row
 from web.app import create_app
@@ -358,4 +360,66 @@ async def test_board_shows_orders_in_every_kind_of_state_at_once(
     )
     await page.locator(shipping_states).wait_for(timeout=ORDER_END_MS)
     ARTIFACTS.mkdir(exist_ok=True)
+    # From the top, with the overview panel (the start form's answer may have scrolled the page).
+    await page.evaluate("window.scrollTo(0, 0)")
     await page.screenshot(path=str(STATES_SCREENSHOT))
+
+
+OVERVIEW_WINDOW_SECONDS = 15.0
+
+
+async def overview_figures(client: httpx.AsyncClient) -> dict[str, str]:
+    response = await client.get("/board/overview")
+    assert response.status_code == 200, response.text
+    return dict(re.findall(r'data-figure="(\w+)" data-value="([^"]*)"', response.text))
+
+
+async def test_the_overview_counts_the_orders_it_saw_end(page: Page, workers: Client) -> None:
+    """The panel's figures against orders this test ran: 3 shipped and 1 cancelled. The app
+    looks back OVERVIEW_WINDOW_SECONDS, and the test first waits until no order of an earlier
+    test ended within that, so that the window holds exactly its own."""
+    settings = dataclasses.replace(
+        get_settings(),
+        web=dataclasses.replace(get_settings().web, overview_window_seconds=OVERVIEW_WINDOW_SECONDS),
+    )
+    app = create_app(temporal_client=workers, settings=settings, manage_pool=False)
+    async with served_over_http(app) as url, httpx.AsyncClient(base_url=url) as client:
+        for _ in range(int(OVERVIEW_WINDOW_SECONDS * 10) + 50):
+            figures = await overview_figures(client)
+            if figures["shipped"] == figures["cancelled"] == figures["failed"] == "0":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"earlier orders never left the window: {figures}")
+        before = figures
+        shipped = [await start_from_api(client) for _ in range(3)]
+        cancelled = await start_from_api(client)
+        for order_id in shipped:
+            assert (await client.post(f"/orders/{order_id}/signals/approve")).status_code == 200
+        assert (await client.post(f"/orders/{cancelled}/signals/cancel")).status_code == 200
+        for order_id in shipped:
+            final = await client.get(f"/orders/{order_id}/status", params={"wait": 20})
+            assert final.json()["state"] == "shipped", final.text
+
+        await page.goto(url + "/")
+        panel = page.locator("#overview")
+        for name, value in (("shipped", "3"), ("cancelled", "1"), ("failed", "0"), ("missed", "0")):
+            await expect(panel.locator(f'[data-figure="{name}"]')).to_have_attribute(
+                "data-value", value, timeout=STEP_MS
+            )
+        for name in ("awaiting_approval", "in_progress"):
+            await expect(panel.locator(f'[data-figure="{name}"]')).to_have_attribute(
+                "data-value", before[name]
+            )
+        await expect(panel.locator('[data-figure="orders_per_second"]')).to_have_attribute(
+            "data-value", f"{4 / OVERVIEW_WINDOW_SECONDS:.2f}"
+        )
+        await expect(panel.locator("svg.histogram")).to_be_visible()
+        await expect(panel.locator("svg.histogram")).to_contain_text("15 s promise")
+        # Live: the panel refreshes itself (every 2 s) without a reload.
+        await page.evaluate("window.sameDocument = true")
+        await start_from_api(client, address=None)
+        await expect(panel.locator('[data-figure="awaiting_approval"]')).to_have_attribute(
+            "data-value", str(int(before["awaiting_approval"]) + 1), timeout=STEP_MS
+        )
+        assert await still_same_document(page)

@@ -174,7 +174,7 @@ async def test_orders_waiting_for_a_person_hold_no_admission_place(
     )
     assert [start.status_code for start in starts] == [201] * 20
     ids = ", ".join(f"'order-{order_id}'" for order_id in parked_ids)
-    parked_query = f"WorkflowId IN ({ids}) AND OrderState = '{AWAITING_APPROVAL}'"
+    parked_query = f"WorkflowId IN ({ids}) AND OrderParked = true"
     for _ in range(200):
         if (await workers.count_workflows(parked_query)).count == 20:
             break

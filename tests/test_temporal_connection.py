@@ -6,14 +6,16 @@ from __future__ import annotations
 from temporalio.service import TLSConfig
 
 from orchestration.settings import TemporalSettings
-from orchestration.temporal_client import connect_options
+from orchestration.temporal_client import DATA_CONVERTER, connect_options
 
 
 def test_local_dev_server_needs_neither_tls_nor_key(monkeypatch):
     for name in ("TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY", "TEMPORAL_TLS_CA", "TEMPORAL_API_KEY", "TEMPORAL_TLS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TEMPORAL_NAMESPACE", "orders-prod")
-    assert connect_options(TemporalSettings()) == {"namespace": "orders-prod", "tls": False, "api_key": None}
+    assert connect_options(TemporalSettings()) == {
+        "namespace": "orders-prod", "tls": False, "api_key": None, "data_converter": DATA_CONVERTER,
+    }
 
 
 def test_client_certificate_gives_mutual_tls(monkeypatch, tmp_path):

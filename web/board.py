@@ -179,6 +179,7 @@ async def _board_page(
     return Template(
         template_name="board.html",
         context={
+            "overview": await order_service.overview(),
             "rows": await _rows(order_service, orders),
             "view": view,
             "filters": FILTER_LABELS,
@@ -421,6 +422,13 @@ class BoardController(Controller):
     @get("/", name="board")
     async def board(self, order_service: Service, view: FilterParameter = "all") -> Template:
         return await _board_page(order_service, view, fresh_form())
+
+    @get("/board/overview")
+    async def overview(self, order_service: Service) -> HTMXTemplate:
+        """The overview panel, polled by every open board (cached: web/service.py)."""
+        return HTMXTemplate(
+            template_name="_overview.html", context={"overview": await order_service.overview()}
+        )
 
     @get("/board/rows")
     async def new_rows(

@@ -10,10 +10,10 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Collection, Iterable, Optional
 
 import asyncpg
@@ -39,11 +39,10 @@ from temporalio.service import RetryConfig, RPCError, RPCStatusCode
 from orchestration.activities import ATTEMPT_FAILED
 from orchestration.models import (
     COMPENSATION_STEPS,
-    ORDER_STATE_ATTRIBUTE,
+    ORDER_PARKED_ATTRIBUTE,
     ORDER_STEPS,
     SHIPPING_STEPS,
     PARKED_STATES,
-    STARTED,
     ActionResult,
     Address,
     AddressUpdate,
@@ -57,6 +56,13 @@ from orchestration.settings import Settings
 from orchestration.shipping_workflow import ShippingWorkflow
 from orchestration.temporal_client import connect_options, ensure_search_attributes
 from orchestration.tables import Event, Order, Payment
+from web.overview import (
+    HISTORY as OVERVIEW_HISTORY,
+    OPEN_ORDERS_LOOKBACK,
+    AdmissionSnapshot,
+    Overview,
+    overview_from_rows,
+)
 from web.summary_cache import RefreshingCache
 
 # A web request waits this long for one dependency call; beyond that it answers 503 instead of
@@ -138,10 +144,14 @@ ACTIVITY_STEPS = frozenset(ORDER_STEPS + COMPENSATION_STEPS + SHIPPING_STEPS) - 
 }
 # Orders doing work: running, and not parked waiting for a person (see _check_capacity).
 ACTIVE_ORDERS_QUERY = (
-    f"WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Running' AND "
-    f"{ORDER_STATE_ATTRIBUTE.name} NOT IN ({', '.join(repr(state) for state in sorted(PARKED_STATES))})"
+    "WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Running' AND "
+    f"{ORDER_PARKED_ATTRIBUTE.name} = false"
 )
-IN_FLIGHT_RECOUNT_SECONDS = 0.25
+IN_FLIGHT_RECOUNT_SECONDS = 0.1
+# The overview is computed at most this often, however many boards ask for it (one database
+# query each time); a board polls it every 2 s.
+OVERVIEW_REFRESH_SECONDS = 1.0
+OVERVIEW_MAX_AGE_SECONDS = 10.0
 
 
 @dataclass
@@ -377,6 +387,15 @@ class OrderService:
         self._recount = asyncio.Lock()
         self._waiting_starts: list[object] = []
         """Starts waiting for a free place, first come first."""
+        self._refused_at: deque[float] = deque()
+        """When starts were refused at capacity (monotonic), for the overview."""
+        self._overview: RefreshingCache[str, Overview] = RefreshingCache(
+            lambda _: self._load_overview(),
+            refresh_after=OVERVIEW_REFRESH_SECONDS,
+            max_age=OVERVIEW_MAX_AGE_SECONDS,
+            max_entries=1,
+            max_concurrent_refreshes=1,
+        )
 
     async def _order_handle(self, order_id: str) -> WorkflowHandle[OrderWorkflow, OrderStatus]:
         client = await self._temporal.client()
@@ -407,7 +426,7 @@ class OrderService:
                     task_timeout=timedelta(seconds=policy.workflow_task_timeout_seconds),
                     # Counted as doing work (admission) from its first moment.
                     search_attributes=TypedSearchAttributes(
-                        [SearchAttributePair(ORDER_STATE_ATTRIBUTE, STARTED)]
+                        [SearchAttributePair(ORDER_PARKED_ATTRIBUTE, False)]
                     ),
                     # The workflow id is the order's identity: never run one order twice, even
                     # after the first run has closed.
@@ -431,7 +450,7 @@ class OrderService:
         waits up to ADMISSION_WAIT_SECONDS for a free place, first come first, and is then
         refused with Retry-After: a burst is absorbed without the caller retrying, and callers
         retrying in a loop cost the busy machine more than callers waiting quietly. The count
-        comes from Temporal's visibility (the OrderState search attribute), so it holds across
+        comes from Temporal's visibility (the OrderParked search attribute), so it holds across
         web replicas; starts racing each other may overshoot it by a few."""
         limit = self._settings.web.max_orders_in_flight
         if limit <= 0:
@@ -446,6 +465,7 @@ class OrderService:
                     self._in_flight = (self._in_flight[0], running + 1)
                     return
                 if time.monotonic() >= give_up_at:
+                    self._refused_at.append(time.monotonic())
                     raise DependencyUnavailable(
                         "capacity",
                         f"{running} orders are being processed, the most this system takes at once "
@@ -717,6 +737,34 @@ class OrderService:
 
         ids = list(order_ids)
         return dict(zip(ids, await asyncio.gather(*(summary(order_id) for order_id in ids))))
+
+    async def overview(self) -> Overview:
+        """How the desk is doing now (web/overview.py), at most OVERVIEW_REFRESH_SECONDS old."""
+        return await self._overview.get("overview")
+
+    async def _load_overview(self) -> Overview:
+        window = self._settings.web.overview_window_seconds
+        now = datetime.now(timezone.utc)
+        async with _database_call():
+            rows = await Order.raw(
+                "SELECT state, address_json IS NULL AS no_address, started_at, finished_at, "
+                "created_at FROM orders WHERE finished_at >= {} "
+                "OR (finished_at IS NULL AND created_at >= {})",
+                now - OVERVIEW_HISTORY,
+                now - OPEN_ORDERS_LOOKBACK,
+            )
+        while self._refused_at and self._refused_at[0] < time.monotonic() - window:
+            self._refused_at.popleft()
+        counted_at, count = self._in_flight
+        admission = AdmissionSnapshot(
+            limit=self._settings.web.max_orders_in_flight,
+            in_use=None if counted_at == -math.inf else count,
+            waiting=len(self._waiting_starts),
+            refused_in_window=len(self._refused_at),
+        )
+        return overview_from_rows(
+            rows, now, window, self._settings.order_policy.deadline_seconds, admission
+        )
 
     async def list_orders(self, state: Optional[str], limit: int) -> list[dict[str, Any]]:
         return await self.recent_orders(None if state is None else [state], limit)
