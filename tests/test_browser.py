@@ -360,7 +360,11 @@ async def test_board_shows_orders_in_every_kind_of_state_at_once(
     )
     await page.locator(shipping_states).wait_for(timeout=ORDER_END_MS)
     ARTIFACTS.mkdir(exist_ok=True)
-    # From the top, with the overview panel (the start form's answer may have scrolled the page).
+    # From the top, with the overview panel (the start form's answer may have scrolled the page),
+    # once the panel has caught up with the orders waiting at review.
+    await expect(page.locator('#overview [data-figure="awaiting_approval"]')).not_to_have_attribute(
+        "data-value", "0", timeout=STEP_MS
+    )
     await page.evaluate("window.scrollTo(0, 0)")
     await page.screenshot(path=str(STATES_SCREENSHOT))
 
