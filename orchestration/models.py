@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from temporalio.common import SearchAttributeKey
 
+from orchestration.policy import OrderPolicy
+
 # Order states. The first nine are in flight; the last three are terminal.
 STARTED = "started"
 RECEIVED = "received"
@@ -86,27 +88,6 @@ class Address:
     """State, province or region."""
 
 
-@dataclass
-class OrderPolicy:
-    """The time budget of one order; part of the workflow input so history records it."""
-
-    deadline_seconds: float = 15.0
-    """Every order is shipped, cancelled or failed this long after it starts."""
-    compensation_reserve_seconds: float = 3.0
-    """Kept free at the end of the deadline for refund and close-out."""
-    review_timeout_seconds: float = 6.0
-    """How long manual review waits for approval before the order is cancelled."""
-    retry_interval_seconds: float = 0.01
-    """Pause between attempts of a failed activity. flaky_call fails at once or hangs; waiting
-    longer before the next try buys nothing but latency (0.05 s cost 0.3 s per order), while
-    5 ms made the server work harder at 10 orders in flight (p99 4.4 -> 6.0 s)."""
-    workflow_task_timeout_seconds: float = 2.0
-    """How long a workflow task may run before Temporal hands it to another worker. The steps
-    are local activities, which run inside the workflow task, so this is also how soon an order
-    whose worker was killed mid-step carries on elsewhere (the SDK extends a task that is still
-    alive before 80 % of it is used, so a long step does not trip it)."""
-    dispatch_budget_seconds: float = 2.5
-    """Time one shipping attempt gives DispatchCarrier before asking the parent for a retry."""
 
 
 @dataclass

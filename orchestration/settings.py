@@ -11,7 +11,14 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from orchestration.models import OrderPolicy
+from orchestration.policy import (
+    ADMISSION_LIMIT,
+    ADMISSION_WAIT_SECONDS,
+    ATTEMPT_BACKSTOP_SECONDS,
+    ATTEMPT_CUT_OFF_SECONDS,
+    STICKY_SCHEDULE_TO_START_SECONDS,
+    OrderPolicy,
+)
 
 
 def _env_str(name: str, default: str) -> str:
@@ -96,21 +103,19 @@ def order_policy_from_env() -> OrderPolicy:
 @dataclass(frozen=True)
 class WorkerSettings:
     attempt_timeout_seconds: float = field(
-        default_factory=lambda: _env_float("ACTIVITY_ATTEMPT_TIMEOUT_SECONDS", 0.02)
+        default_factory=lambda: _env_float("ACTIVITY_ATTEMPT_TIMEOUT_SECONDS", ATTEMPT_CUT_OFF_SECONDS)
     )
-    """How long an outside call may hang before its attempt is cut off in the worker
-    (ACTIVITY_ATTEMPT_TIMEOUT_SECONDS)."""
+    """Outside call's cut-off, see policy.ATTEMPT_CUT_OFF_SECONDS (ACTIVITY_ATTEMPT_TIMEOUT_SECONDS)."""
     attempt_backstop_seconds: float = field(
-        default_factory=lambda: _env_float("ACTIVITY_BACKSTOP_SECONDS", 2.0)
+        default_factory=lambda: _env_float("ACTIVITY_BACKSTOP_SECONDS", ATTEMPT_BACKSTOP_SECONDS)
     )
-    """Longest one attempt may take in the worker, its database writes included, before it is
-    written off and retried; only a stuck database reaches it (ACTIVITY_BACKSTOP_SECONDS)."""
+    """One attempt's backstop, see policy.ATTEMPT_BACKSTOP_SECONDS (ACTIVITY_BACKSTOP_SECONDS)."""
     sticky_schedule_to_start_seconds: float = field(
-        default_factory=lambda: _env_float("WORKER_STICKY_SCHEDULE_TO_START_SECONDS", 1.0)
+        default_factory=lambda: _env_float(
+            "WORKER_STICKY_SCHEDULE_TO_START_SECONDS", STICKY_SCHEDULE_TO_START_SECONDS
+        )
     )
-    """How long a workflow's next task waits for the worker that ran its last one before any
-    worker may take it: after a worker is killed, its orders carry on elsewhere this much later
-    (WORKER_STICKY_SCHEDULE_TO_START_SECONDS)."""
+    """See policy.STICKY_SCHEDULE_TO_START_SECONDS (WORKER_STICKY_SCHEDULE_TO_START_SECONDS)."""
     max_concurrent_activities: int = field(
         default_factory=lambda: _env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 500)
     )
@@ -151,11 +156,13 @@ class WebSettings:
     """Signs CSRF tokens and operator cookies; empty: a random key per process (WEB_SECRET_KEY)."""
     operator_token: str = field(default_factory=lambda: _env_str("OPERATOR_TOKEN", ""))
     """Credential every state-changing request needs; empty: none needed (OPERATOR_TOKEN)."""
-    max_orders_in_flight: int = field(default_factory=lambda: _env_int("MAX_ORDERS_IN_FLIGHT", 12))
+    max_orders_in_flight: int = field(
+        default_factory=lambda: _env_int("MAX_ORDERS_IN_FLIGHT", ADMISSION_LIMIT)
+    )
     """New orders wait for a free place, then are refused (503), while this many run; 0: no limit
     (MAX_ORDERS_IN_FLIGHT)."""
     admission_wait_seconds: float = field(
-        default_factory=lambda: _env_float("ADMISSION_WAIT_SECONDS", 20.0)
+        default_factory=lambda: _env_float("ADMISSION_WAIT_SECONDS", ADMISSION_WAIT_SECONDS)
     )
     """How long a start may wait for a free place before it is refused (ADMISSION_WAIT_SECONDS)."""
     overview_window_seconds: float = field(

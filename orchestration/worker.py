@@ -7,12 +7,12 @@ import logging
 import signal
 import sys
 from datetime import timedelta
-from typing import Sequence
+from typing import Callable, Sequence
 
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from orchestration.activities import OrderActivities
+from orchestration.attempts import StepActivities
 from orchestration.database import close_pool, open_pool
 from orchestration.logs import configure_logging
 from orchestration.metrics import ActivityCounter, metrics_meter
@@ -48,28 +48,31 @@ def build_worker(
     )
 
 
-async def serve(task_queue_of, workflows: Sequence[type], activities_of) -> None:
-    """Run one worker until SIGTERM/SIGINT.
-
-    `task_queue_of(settings)` names the queue; `activities_of(OrderActivities)` lists its activities.
-    """
+async def serve(
+    task_queue_of: Callable[[Settings], str],
+    workflows: Sequence[type],
+    activities_class: type[StepActivities],
+) -> None:
+    """Run one worker until SIGTERM/SIGINT: `task_queue_of(settings)` names its queue, and it
+    runs `workflows` and the activities of `activities_class`."""
     configure_logging()
-    # The sandbox imports the workflow modules afresh for every workflow run. Without their
-    # bytecode on disk (PYTHONDONTWRITEBYTECODE=1 is common in containers and dev shells) each
-    # of those imports compiles the source again: 6 % of the order worker's CPU under load.
+    # With WORKER_SANDBOXED_WORKFLOWS the sandbox imports the workflow modules afresh for every
+    # workflow run. Without their bytecode on disk (PYTHONDONTWRITEBYTECODE=1 is common in
+    # containers and dev shells) each import compiles the source again: 6 % of the order
+    # worker's CPU under load.
     sys.dont_write_bytecode = False
     settings = get_settings()
     # Before connecting: the metrics endpoint lives in the runtime the client is created on.
     meter = metrics_meter(settings.worker.metrics_port, settings.worker.metrics_host)
     await open_pool(settings.database)
     client = await connect(settings.temporal)
-    activities = OrderActivities(
+    activities = activities_class(
         settings.worker.attempt_timeout_seconds,
         ActivityCounter(meter),
         backstop=settings.worker.attempt_backstop_seconds,
     )
     task_queue = task_queue_of(settings)
-    worker = build_worker(client, settings, task_queue, workflows, activities_of(activities))
+    worker = build_worker(client, settings, task_queue, workflows, activities.activities())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -72,8 +72,8 @@ STATUS_EVERY = 3
 # Which server process a command line belongs to; the first match wins.
 PROCESS_KINDS: list[tuple[str, Callable[[list[str]], bool]]] = [
     ("temporal server", lambda argv: Path(argv[0]).name == "temporal" and "server" in argv),
-    ("order worker", lambda argv: "orchestration.order_worker" in argv),
-    ("shipping worker", lambda argv: "orchestration.shipping_worker" in argv),
+    ("order worker", lambda argv: "orchestration.order.worker" in argv),
+    ("shipping worker", lambda argv: "orchestration.shipping.worker" in argv),
     ("web", lambda argv: "web.app:app" in argv),
     # The postmaster, its backends (which rename themselves "postgres: ...") and the wrapper.
     (

@@ -286,8 +286,8 @@ class System:
             env, logs / "web.log",
         )
         self.workers = {
-            name: Child(name, [PYTHON, "-m", f"orchestration.{name.replace('-', '_')}"], env, logs / f"{name}.log")
-            for name in ("order-worker", "shipping-worker")
+            name: Child(name, [PYTHON, "-m", f"orchestration.{area}.worker"], env, logs / f"{name}.log")
+            for name, area in (("order-worker", "order"), ("shipping-worker", "shipping"))
         }
         self.migrate_argv = [PYTHON, "scripts/migrate.py"]
         self.env = env

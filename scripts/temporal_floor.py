@@ -40,8 +40,7 @@ REPO_ROOT = Path(__file__).parent.parent
 
 with workflow.unsafe.imports_passed_through():
     from orchestration.flaky import flaky_call
-    from orchestration.models import OrderPolicy
-    from orchestration.progress import retry_policy
+    from orchestration.policy import OrderPolicy, retry_policy
     from orchestration.settings import WorkerSettings
 
 ORDER_QUEUE = "floor-orders"

@@ -37,14 +37,16 @@ import pytest  # noqa: E402
 import pytest_asyncio  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
-from orchestration.activities import ActivityCounter, OrderActivities  # noqa: E402
+from orchestration.metrics import ActivityCounter  # noqa: E402
+from orchestration.order.activities import OrderActivities  # noqa: E402
 from orchestration.database import close_pool, open_pool  # noqa: E402
 from orchestration.models import ORDER_PARKED_ATTRIBUTE  # noqa: E402
-from orchestration.order_workflow import OrderWorkflow  # noqa: E402
+from orchestration.order.workflow import OrderWorkflow  # noqa: E402
 from orchestration.settings import get_settings  # noqa: E402
 from orchestration.temporal_client import ensure_search_attributes  # noqa: E402
 from orchestration.worker import build_worker  # noqa: E402
-from orchestration.shipping_workflow import ShippingWorkflow  # noqa: E402
+from orchestration.shipping.activities import ShippingActivities  # noqa: E402
+from orchestration.shipping.workflow import ShippingWorkflow  # noqa: E402
 from scripts import local_postgres  # noqa: E402
 from scripts.temporal_dev_server import dynamic_config_args  # noqa: E402
 
@@ -121,12 +123,14 @@ async def activity_counter():
 async def workers(dev_server, database, activity_counter):
     """Both workers, as the Procfile runs them, with the real activities and real flaky_call."""
     settings = get_settings()
-    activities = OrderActivities(settings.worker.attempt_timeout_seconds, activity_counter)
+    cut_off = settings.worker.attempt_timeout_seconds
     order_worker = build_worker(
-        dev_server.client, settings, ORDERS_QUEUE, [OrderWorkflow], activities.order_queue_activities()
+        dev_server.client, settings, ORDERS_QUEUE, [OrderWorkflow],
+        OrderActivities(cut_off, activity_counter).activities(),
     )
     shipping_worker = build_worker(
-        dev_server.client, settings, SHIPPING_QUEUE, [ShippingWorkflow], activities.shipping_queue_activities()
+        dev_server.client, settings, SHIPPING_QUEUE, [ShippingWorkflow],
+        ShippingActivities(cut_off, activity_counter).activities(),
     )
     async with order_worker, shipping_worker:
         yield dev_server.client

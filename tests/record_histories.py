@@ -21,7 +21,7 @@ from pathlib import Path
 from temporalio.testing import WorkflowEnvironment
 
 from orchestration.models import AddressUpdate, CancelOrder
-from orchestration.order_workflow import OrderWorkflow
+from orchestration.order.workflow import OrderWorkflow
 from orchestration.models import ORDER_PARKED_ATTRIBUTE
 from scripts.temporal_dev_server import dynamic_config_args
 from tests.test_order_workflow import (

@@ -30,9 +30,9 @@ from orchestration.models import (
     TERMINAL_STATES,
     Item,
     OrderInput,
-    OrderPolicy,
 )
-from orchestration.order_workflow import OrderWorkflow
+from orchestration.order.workflow import OrderWorkflow
+from orchestration.policy import OrderPolicy
 from orchestration.settings import Settings, TemporalSettings, get_settings
 from orchestration.tables import Order, Payment
 from web.app import create_app

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from orchestration.database import connections_in_use
 from orchestration.models import CANCELLED, FAILED, SHIPPED, Address, Item, OrderInput
-from orchestration.order_workflow import OrderWorkflow
+from orchestration.order.workflow import OrderWorkflow
 from orchestration.settings import get_settings
 from orchestration.tables import Event, Order, Payment
 from tests.conftest import ORDERS_QUEUE, SHIPPING_QUEUE

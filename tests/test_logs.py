@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from orchestration import flaky
-from orchestration.activities import OrderActivities
+from orchestration.order.activities import OrderActivities
 from orchestration.logs import JsonFormatter
 from orchestration.models import OrderRef
 

@@ -17,7 +17,8 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from orchestration.activities import OrderActivities
+from orchestration.order.activities import OrderActivities
+from orchestration.shipping.activities import ShippingActivities
 from orchestration.metrics import (
     ATTEMPT_TIMED_OUT_ERROR,
     ATTEMPTS_METRIC,
@@ -29,9 +30,9 @@ from orchestration.metrics import (
     ActivityCounter,
 )
 from orchestration.models import SHIPPED, SHIPPING_STEPS, Address, Item, OrderInput
-from orchestration.order_workflow import OrderWorkflow
+from orchestration.order.workflow import OrderWorkflow
 from orchestration.settings import get_settings
-from orchestration.shipping_workflow import ShippingWorkflow
+from orchestration.shipping.workflow import ShippingWorkflow
 from orchestration.worker import build_worker
 from tests.conftest import free_port
 
@@ -118,12 +119,12 @@ async def test_a_real_order_moves_the_counters_and_leaves_nothing_running(dev_se
     suffix = uuid.uuid4().hex[:8]
     orders_queue, shipping_queue = f"metrics-orders-{suffix}", f"metrics-shipping-{suffix}"
     counter = ActivityCounter(runtime.metric_meter)
-    activities = OrderActivities(settings.worker.attempt_timeout_seconds, counter)
+    cut_off = settings.worker.attempt_timeout_seconds
     order_worker = build_worker(
-        client, settings, orders_queue, [OrderWorkflow], activities.order_queue_activities()
+        client, settings, orders_queue, [OrderWorkflow], OrderActivities(cut_off, counter).activities()
     )
     shipping_worker = build_worker(
-        client, settings, shipping_queue, [ShippingWorkflow], activities.shipping_queue_activities()
+        client, settings, shipping_queue, [ShippingWorkflow], ShippingActivities(cut_off, counter).activities()
     )
     before = attempts(port)
     finished_before = orders_finished(port)

@@ -14,9 +14,9 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from orchestration.activities import OrderActivities
+from orchestration.order.activities import OrderActivities
 from orchestration.models import AWAITING_ADDRESS, AWAITING_APPROVAL, CANCELLED, SHIPPED
-from orchestration.order_workflow import OrderWorkflow
+from orchestration.order.workflow import OrderWorkflow
 from orchestration.settings import get_settings
 from orchestration.tables import Payment
 from tests.test_api import api, limited_to_one_order, new_order_id, order_row, serving  # noqa: F401 (api: fixture)
@@ -135,7 +135,7 @@ async def test_actions_are_queued_as_signals_while_no_worker_runs(workers: Clien
         # No workflow cache, hence no sticky queue: a new worker takes the order's next task at once.
         return Worker(
             workers, task_queue=queue, workflows=[OrderWorkflow],
-            activities=activities.order_queue_activities(), max_cached_workflows=0,
+            activities=activities.activities(), max_cached_workflows=0,
         )
 
     app = create_app(temporal_client=workers, settings=settings, manage_pool=False)

@@ -25,7 +25,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from orchestration.activities import check_step_budget
+from orchestration.attempts import check_step_budget
 from orchestration.models import (
     APPROVAL,
     APPROVED,
@@ -44,7 +44,6 @@ from orchestration.models import (
     CloseOrderInput,
     Item,
     OrderInput,
-    OrderPolicy,
     OrderRef,
     OrderStatus,
     PaymentResult,
@@ -55,8 +54,9 @@ from orchestration.models import (
     ShippingStepInput,
     StepResult,
 )
-from orchestration.order_workflow import OrderWorkflow
-from orchestration.shipping_workflow import ShippingWorkflow
+from orchestration.order.workflow import OrderWorkflow
+from orchestration.policy import OrderPolicy
+from orchestration.shipping.workflow import ShippingWorkflow
 
 HOME = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
 OFFICE = Address(line1="9 Office Park", city="Shelbyville", postal_code="54321", country="US")

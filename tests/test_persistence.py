@@ -18,8 +18,13 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from orchestration import business, flaky
-from orchestration.activities import ActivityCounter, OrderActivities
+from orchestration import flaky
+from orchestration.metrics import ActivityCounter
+from orchestration.order import business
+from orchestration.order.activities import OrderActivities
+from orchestration.records import BusinessRuleViolation
+from orchestration.shipping import business as shipping_business
+from orchestration.shipping.activities import ShippingActivities
 from orchestration.database import connections_in_use
 from orchestration.models import (
     CANCELLED,
@@ -102,7 +107,7 @@ async def test_a_payment_id_cannot_pay_for_two_orders(database, flaky_succeeds, 
     await received_order(order_id)
     await received_order(other)
     await business.payment_charged(order_id, "shared-payment")
-    with pytest.raises(business.BusinessRuleViolation, match="already belongs to order"):
+    with pytest.raises(BusinessRuleViolation, match="already belongs to order"):
         await business.payment_charged(other, "shared-payment")
 
 
@@ -130,8 +135,8 @@ async def test_a_shipped_order_stays_shipped(database, flaky_succeeds, order_id)
     await received_order(order_id)
     await business.order_validated(order_id)
     await business.payment_charged(order_id, f"pay-{order_id}")
-    await business.package_prepared(order_id, 1)
-    await business.carrier_dispatched(order_id, 1, HOME)
+    await shipping_business.package_prepared(order_id, 1)
+    await shipping_business.carrier_dispatched(order_id, 1, HOME)
     await business.order_shipped(order_id)
     await business.order_shipped(order_id)
     await business.close_order(order_id, CANCELLED, "too late", f"pay-{order_id}", [])
@@ -215,7 +220,7 @@ async def test_a_cut_off_during_the_write_waits_for_it_and_loses_no_connection(
     order_id = orders[0]
     # A call that returns its own value after the write gives that value, not the write's.
     prepared = await activity_environment(order_id).run(
-        activities.prepare_package, ShippingStepInput(order_id, 1, HOME)
+        ShippingActivities(attempt_timeout=cut_off).prepare_package, ShippingStepInput(order_id, 1, HOME)
     )
     assert prepared.detail == "Package ready"
     assert "attempt_failed" not in await events_of(order_id)

@@ -13,8 +13,8 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from orchestration.order_workflow import OrderWorkflow
-from orchestration.shipping_workflow import ShippingWorkflow
+from orchestration.order.workflow import OrderWorkflow
+from orchestration.shipping.workflow import ShippingWorkflow
 
 FOLDER = Path(__file__).resolve().parent / "histories"
 WORKFLOW_IDS = json.loads((FOLDER / "workflow_ids.json").read_text())

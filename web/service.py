@@ -36,13 +36,12 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RetryConfig, RPCError, RPCStatusCode
 
-from orchestration.activities import ATTEMPT_FAILED
+from orchestration.attempts import ATTEMPT_FAILED
 from orchestration.models import (
     COMPENSATION_STEPS,
     ORDER_PARKED_ATTRIBUTE,
     ORDER_STEPS,
     SHIPPING_STEPS,
-    PARKED_STATES,
     ActionResult,
     Address,
     AddressUpdate,
@@ -51,9 +50,9 @@ from orchestration.models import (
     OrderInput,
     OrderStatus,
 )
-from orchestration.order_workflow import OrderWorkflow
+from orchestration.order.workflow import OrderWorkflow
 from orchestration.settings import Settings
-from orchestration.shipping_workflow import ShippingWorkflow
+from orchestration.shipping.workflow import ShippingWorkflow
 from orchestration.temporal_client import connect_options, ensure_search_attributes
 from orchestration.tables import Event, Order, Payment
 from web.overview import (

@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError, FailureError
 # instance; re-creating these modules' dataclasses took a third of the worker's CPU. They are
 # deterministic and free of side effects, so every instance can share them.
 with workflow.unsafe.imports_passed_through():
-    from orchestration.activities import OrderActivities
+    from orchestration.shipping.activities import ShippingActivities
     from orchestration.models import (
         SHIPPING_STEPS,
         AddressApplied,
@@ -34,13 +34,13 @@ with workflow.unsafe.imports_passed_through():
         ShippingStatus,
         ShippingStepInput,
     )
-    from orchestration.progress import (
+    from orchestration.policy import COMMIT_DELAY, DEADLINE_EXCEEDED_ERROR, retry_policy
+    from orchestration.steps import (
         STEP_FAILURES,
         StepBook,
         failure_message,
         is_deadline,
         is_rejection,
-        retry_policy,
         time_left,
     )
 
@@ -91,11 +91,11 @@ class ShippingWorkflow:
         lost with it, and the replay calls the carrier again, now with the signal applied first:
         the goods would go twice, or to the new address after a refusal. Waiting on a timer
         completes this task with the marker and no completion, so it always stands."""
-        await workflow.sleep(timedelta(milliseconds=1), summary="commit the carrier call")
+        await workflow.sleep(COMMIT_DELAY, summary="commit the carrier call")
 
     async def _ship(self) -> ShippingResult:
         prepare = self._start(
-            "prepare_package", OrderActivities.prepare_package, self._deadline_at - workflow.now()
+            "prepare_package", ShippingActivities.prepare_package, self._deadline_at - workflow.now()
         )
         await workflow.wait_condition(lambda: prepare.done() or self._cancel_reason is not None)
         if not prepare.done():
@@ -105,7 +105,7 @@ class ShippingWorkflow:
         await self._finish("prepare_package", prepare)
         if self._cancel_reason is not None:
             return self._cancelled()
-        self._dispatch = self._start("dispatch_carrier", OrderActivities.dispatch_carrier, self._dispatch_budget())
+        self._dispatch = self._start("dispatch_carrier", ShippingActivities.dispatch_carrier, self._dispatch_budget())
         self._dispatching = True
         try:
             await asyncio.shield(self._dispatch)
@@ -170,7 +170,9 @@ class ShippingWorkflow:
             if is_rejection(err):
                 raise ApplicationError(message, type=REJECTED, non_retryable=True) from err
             if step == "prepare_package" and is_deadline(err):
-                raise ApplicationError("deadline exceeded while preparing the package", type="DeadlineExceeded") from err
+                raise ApplicationError(
+                    "deadline exceeded while preparing the package", type=DEADLINE_EXCEEDED_ERROR
+                ) from err
             raise ApplicationError(message, type="ShippingStepFailed") from err
         self._book.complete(step, result.attempt, result.errors)
 

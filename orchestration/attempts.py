@@ -1,53 +1,55 @@
-"""Temporal activities: thin wrappers around the business functions.
+"""One attempt of a business step in the worker: its deadline, its cut-off and its record.
 
-The workflows run them as local activities: each attempt runs in the worker that runs the
+The workflows run the steps as local activities: each attempt runs in the worker that runs the
 workflow, and Temporal's retry policy retries it there, writing one marker per step into the
 history instead of an activity task, a timer and several events per attempt (a step fails two
-attempts in three). An activity makes one attempt; what it adds is the attempt's own deadline.
-flaky_call can hang for 300 s, so a hung outside call is cut off inside the worker after
-`attempt_timeout` seconds. A local activity cannot carry a start-to-close timeout here (with
-one, temporalio 1.35's core panics when the activity is retried: "receive half not dropped",
-seen 131 times in 300 orders), so the attempt as a whole, database writes included, is bounded
-by `backstop` in the worker too. An outside call that returned is never cut off while its record
-is being written (see `_cut_off_if_hung`).
+attempts in three). An activity makes one attempt; this module adds what an attempt needs:
+- its cut-off: flaky_call can hang for 300 s, so an outside call still hanging after
+  `attempt_timeout` is cancelled in the worker (`_cut_off_if_hung`);
+- its backstop: a local activity cannot carry a start-to-close timeout here (with one,
+  temporalio 1.35's core panics when the activity is retried: "receive half not dropped", seen
+  131 times in 300 orders), so the attempt as a whole, database writes included, is bounded
+  in the worker too;
+- the step's budget, which temporalio 1.35's core does not enforce for a local activity
+  (`check_step_budget`);
+- the record of each failed attempt (an `attempt_failed` event: the status reads retrying
+  steps from them), and the write of an effect that happened, which always runs to its end
+  even when the attempt is cut off meanwhile (`record`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Iterator, Optional, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from orchestration import business
-from orchestration.metrics import ATTEMPT_TIMED_OUT_ERROR, ActivityCounter, counted
-from orchestration.models import (
-    ChargePaymentInput,
-    CloseOrderInput,
-    ErrorRecord,
-    OrderRef,
-    PaymentResult,
-    ReceiveOrderInput,
-    RecordAddressInput,
-    RecordEventInput,
-    RefundPaymentInput,
-    ShippingStepInput,
-    StepResult,
-)
-from orchestration.progress import BUSINESS_RULE_VIOLATION, DEADLINE_EXCEEDED_ERROR
+from orchestration.metrics import ATTEMPT_TIMED_OUT_ERROR, ActivityCounter
+from orchestration.models import ErrorRecord
+from orchestration.policy import ATTEMPT_BACKSTOP_SECONDS, BUSINESS_RULE_VIOLATION, DEADLINE_EXCEEDED_ERROR
+from orchestration.records import BusinessRuleViolation, record_event
 from orchestration.tables import Event
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 # Failed attempts are expected (flaky_call fails two in three) and are logged here as one JSON
 # line each; BENIGN stops the SDK from logging a traceback for every one of them.
 BENIGN = ApplicationErrorCategory.BENIGN
 
+
 ATTEMPT_FAILED = "attempt_failed"
+
 # Recording a failed attempt is diagnostics; it must never stretch the attempt by much.
 FAILURE_RECORD_TIMEOUT_SECONDS = 1.0
+
 
 
 def check_step_budget() -> None:
@@ -73,11 +75,67 @@ class HungCallCutOff(Exception):
     """The outside call hung past the attempt's cut-off and was cancelled."""
 
 
-class OrderActivities:
-    """Activities of both task queues; one instance per worker process."""
+@dataclass
+class AttemptTracker:
+    """What an attempt's calls have done so far, for its cut-off (see activities.py)."""
+
+    outside_call_started_at: Optional[float] = None
+    """When the outside call (flaky_call) began, on the event loop's clock; None before."""
+    writes: list[asyncio.Task] = field(default_factory=list)
+    """The record writes started after the outside call returned."""
+
+
+_tracker: ContextVar[Optional[AttemptTracker]] = ContextVar("attempt_tracker", default=None)
+
+
+@contextmanager
+def tracking_attempt() -> Iterator[AttemptTracker]:
+    """Follow the calls started inside this block (in this task): their outside call, and the
+    writes that record it."""
+    tracker = AttemptTracker()
+    token = _tracker.set(tracker)
+    try:
+        yield tracker
+    finally:
+        _tracker.reset(token)
+
+
+def outside_call_starts() -> None:
+    """Mark the outside call's start: the attempt's cut-off counts from here, so reading the
+    record first (the payment checks) never counts against it."""
+    if (tracker := _tracker.get()) is not None:
+        tracker.outside_call_started_at = asyncio.get_running_loop().time()
+
+
+def _log_unobserved_failure(write: asyncio.Task) -> None:
+    if not write.cancelled() and write.exception() is not None:
+        logger.warning(
+            "database write failed after its attempt was cancelled",
+            extra={"event": "write_failed", "error": repr(write.exception())},
+        )
+
+
+async def record(write: Awaitable[T]) -> T:
+    """Run the database write that records an outside effect to its end, even when the attempt
+    is cancelled meanwhile.
+
+    Once flaky_call has returned, the effect is real and must be recorded: the activity's cut-off
+    is for a hung outside call, so it waits for this write (see `tracking_attempt`) instead of
+    abandoning it. Shielding also keeps a cancellation from tearing a transaction halfway
+    (during BEGIN, COMMIT or ROLLBACK), where Piccolo would never return the connection to the
+    pool; every write is idempotent, so a retry after a lost result finds it done."""
+    task = asyncio.ensure_future(write)
+    task.add_done_callback(_log_unobserved_failure)
+    if (tracker := _tracker.get()) is not None:
+        tracker.writes.append(task)
+    return await asyncio.shield(task)
+
+
+class StepActivities:
+    """The attempt machinery both queues' activities share; one instance per worker process."""
 
     def __init__(
-        self, attempt_timeout: float, counter: ActivityCounter | None = None, *, backstop: float = 2.0
+        self, attempt_timeout: float, counter: ActivityCounter | None = None, *, backstop: float = ATTEMPT_BACKSTOP_SECONDS
     ) -> None:
         self.attempt_timeout = attempt_timeout
         self.backstop = backstop
@@ -108,7 +166,7 @@ class OrderActivities:
             message = f"attempt timed out after {self.attempt_timeout:g}s"
             await self._record_failure(order_id, message, "timeout")
             raise ApplicationError(message, type=ATTEMPT_TIMED_OUT_ERROR, category=BENIGN) from None
-        except business.BusinessRuleViolation as err:
+        except BusinessRuleViolation as err:
             await self._record_failure(order_id, str(err), "rejected")
             raise ApplicationError(str(err), type=BUSINESS_RULE_VIOLATION, non_retryable=True) from err
         except Exception as err:
@@ -128,7 +186,7 @@ class OrderActivities:
         write the record of it: such a call is let finish rather than abandoned, so the cut-off
         only ever ends a hung outside call."""
         loop = asyncio.get_running_loop()
-        with business.tracking_attempt() as tracker:
+        with tracking_attempt() as tracker:
             attempt = asyncio.ensure_future(call())
         try:
             while not attempt.done():
@@ -162,7 +220,7 @@ class OrderActivities:
         )
         try:
             async with asyncio.timeout(FAILURE_RECORD_TIMEOUT_SECONDS):
-                await business.record_event(
+                await record_event(
                     order_id,
                     ATTEMPT_FAILED,
                     f"{info.workflow_id}:{info.activity_id}:{info.attempt}",
@@ -202,125 +260,8 @@ class OrderActivities:
             for row in rows
         ]
 
-    # Order queue.
-
-    @activity.defn
-    @counted
-    async def receive_order(self, input: ReceiveOrderInput) -> StepResult:
-        _, errors = await self._attempt(
-            input.order_id,
-            lambda: business.order_received(
-                input.order_id, input.payment_id, input.items, input.address, input.started_at
-            ),
-        )
-        return StepResult(attempt=activity.info().attempt, errors=errors)
-
-    @activity.defn
-    @counted
-    async def validate_order(self, input: OrderRef) -> StepResult:
-        _, errors = await self._attempt(
-            input.order_id, lambda: business.order_validated(input.order_id)
-        )
-        return StepResult(attempt=activity.info().attempt, errors=errors)
-
-    @activity.defn
-    @counted
-    async def charge_payment(self, input: ChargePaymentInput) -> PaymentResult:
-        payment, errors = await self._attempt(
-            input.order_id, lambda: business.payment_charged(input.order_id, input.payment_id)
-        )
-        return PaymentResult(
-            payment_id=input.payment_id,
-            status=payment["status"],
-            amount=payment["amount"],
-            already_processed=payment["already_processed"],
-            attempt=activity.info().attempt,
-            errors=errors,
-        )
-
-    @activity.defn
-    @counted
-    async def refund_payment(self, input: RefundPaymentInput) -> PaymentResult:
-        refund, errors = await self._attempt(
-            input.order_id,
-            lambda: business.payment_refunded(input.order_id, input.payment_id, input.reason),
-        )
-        return PaymentResult(
-            payment_id=input.payment_id,
-            status=refund["status"],
-            amount=refund["amount"],
-            attempt=activity.info().attempt,
-            errors=errors,
-        )
-
-    @activity.defn
-    @counted
-    async def mark_shipped(self, input: OrderRef) -> StepResult:
-        detail, errors = await self._attempt(
-            input.order_id, lambda: business.order_shipped(input.order_id)
-        )
-        return StepResult(attempt=activity.info().attempt, detail=detail, errors=errors)
-
-    # Bookkeeping: writes with no outside call, bounded like an attempt.
-
-    @activity.defn
-    @counted
-    async def record_address(self, input: RecordAddressInput) -> None:
+    async def _bookkeep(self, write: Awaitable[T]) -> T:
+        """A write with no outside call (bookkeeping), bounded like an attempt."""
         check_step_budget()
         async with asyncio.timeout(self.backstop):
-            await business.record_address(input.order_id, input.address, input.version)
-
-    @activity.defn
-    @counted
-    async def close_order(self, input: CloseOrderInput) -> None:
-        check_step_budget()
-        async with asyncio.timeout(self.backstop):
-            await business.close_order(
-                input.order_id, input.state, input.reason, input.payment_id, input.items, input.started_at
-            )
-
-    @activity.defn
-    @counted
-    async def record_event(self, input: RecordEventInput) -> None:
-        check_step_budget()
-        async with asyncio.timeout(self.backstop):
-            await business.record_event(
-                input.order_id, input.event_type, input.event_key, input.payload
-            )
-
-    # Shipping queue.
-
-    @activity.defn
-    @counted
-    async def prepare_package(self, input: ShippingStepInput) -> StepResult:
-        detail, errors = await self._attempt(
-            input.order_id,
-            lambda: business.package_prepared(input.order_id, input.shipping_attempt),
-        )
-        return StepResult(attempt=activity.info().attempt, detail=detail, errors=errors)
-
-    @activity.defn
-    @counted
-    async def dispatch_carrier(self, input: ShippingStepInput) -> StepResult:
-        detail, errors = await self._attempt(
-            input.order_id,
-            lambda: business.carrier_dispatched(
-                input.order_id, input.shipping_attempt, input.address
-            ),
-        )
-        return StepResult(attempt=activity.info().attempt, detail=detail, errors=errors)
-
-    def order_queue_activities(self) -> list:
-        return [
-            self.receive_order,
-            self.validate_order,
-            self.charge_payment,
-            self.refund_payment,
-            self.mark_shipped,
-            self.record_address,
-            self.close_order,
-            self.record_event,
-        ]
-
-    def shipping_queue_activities(self) -> list:
-        return [self.prepare_package, self.dispatch_carrier]
+            return await write

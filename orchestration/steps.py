@@ -1,5 +1,5 @@
-"""What both workflows share: step bookkeeping for the status query, the activity retry
-policy, deadline arithmetic and structured workflow logs. Workflow code only: time comes from
+"""Step bookkeeping of both workflows: what the status query shows (steps, attempts, recent
+errors), how a step's failure reads, and the time left. Workflow code only: time comes from
 workflow.now(), logs go through workflow.logger (which stays quiet during replay)."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable, Optional
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -18,45 +17,14 @@ from temporalio.exceptions import (
     TimeoutError as TemporalTimeoutError,
 )
 
-from orchestration.models import ErrorRecord, OrderPolicy, StepStatus
+from orchestration.models import ErrorRecord, StepStatus
+from orchestration.policy import BUSINESS_RULE_VIOLATION, DEADLINE_EXCEEDED_ERROR
 
 MAX_ERRORS_KEPT = 25
-
-BUSINESS_RULE_VIOLATION = "BusinessRuleViolation"
-"""ApplicationError type of a request no retry can fix (see activities.py)."""
-DEADLINE_EXCEEDED_ERROR = "DeadlineExceeded"
-"""ApplicationError type of a step or shipping attempt whose time budget ran out."""
 
 STEP_FAILURES = (ActivityError, ApplicationError)
 """What awaiting a failed step raises: ActivityError for an activity, but the activity's own
 ApplicationError, unwrapped, for a local activity (temporalio 1.35)."""
-
-
-def retry_policy(policy: OrderPolicy) -> RetryPolicy:
-    """Retry every failed attempt after a short, constant pause, with no attempt limit.
-
-    The budget of a step is time, not a count: each activity gets a schedule-to-close timeout
-    that ends at the order's deadline. Exponential backoff would spend that budget waiting, and
-    a small maximum_attempts fails a third of all orders (two in three attempts fail)."""
-    interval = timedelta(seconds=policy.retry_interval_seconds)
-    return RetryPolicy(
-        initial_interval=interval,
-        backoff_coefficient=1.0,
-        maximum_interval=interval,
-        maximum_attempts=0,
-        non_retryable_error_types=[BUSINESS_RULE_VIOLATION],
-    )
-
-
-def bookkeeping_retry_policy() -> RetryPolicy:
-    """Retry a write that calls nothing outside: it fails only while the database is away, so
-    back off (up to a second) rather than hammer it every few milliseconds."""
-    return RetryPolicy(
-        initial_interval=timedelta(milliseconds=10),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=1),
-        maximum_attempts=0,
-    )
 
 
 def time_left(until: datetime) -> timedelta:

@@ -1,0 +1,1 @@
+"""The order: OrderWorkflow on the `orders` task queue, its activities, business functions and worker."""
