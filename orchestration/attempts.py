@@ -32,7 +32,12 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from orchestration.metrics import ATTEMPT_TIMED_OUT_ERROR, ActivityCounter
 from orchestration.models import ErrorRecord
-from orchestration.policy import ATTEMPT_BACKSTOP_SECONDS, BUSINESS_RULE_VIOLATION, DEADLINE_EXCEEDED_ERROR
+from orchestration.policy import (
+    ATTEMPT_BACKSTOP_SECONDS,
+    BUSINESS_RULE_VIOLATION,
+    DEADLINE_EXCEEDED_ERROR,
+    FAILURE_RECORD_TIMEOUT_SECONDS,
+)
 from orchestration.records import BusinessRuleViolation, record_event
 from orchestration.tables import Event
 
@@ -46,10 +51,6 @@ BENIGN = ApplicationErrorCategory.BENIGN
 
 
 ATTEMPT_FAILED = "attempt_failed"
-
-# Recording a failed attempt is diagnostics; it must never stretch the attempt by much.
-FAILURE_RECORD_TIMEOUT_SECONDS = 1.0
-
 
 
 def check_step_budget() -> None:
