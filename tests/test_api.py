@@ -36,7 +36,7 @@ from orchestration.policy import OrderPolicy
 from orchestration.settings import Settings, TemporalSettings, get_settings
 from orchestration.tables import Order, Payment
 from web.app import create_app
-from web.service import ACTIVE_ORDERS_QUERY
+from web.admission import ACTIVE_ORDERS_QUERY
 
 HOME = {"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
 OFFICE = {

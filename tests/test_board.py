@@ -37,7 +37,7 @@ from web.app import create_app
 from web.board_views import row_from_summary
 from web.schemas import ORDER_STATES
 from web.security import CSRF_HEADER
-from web.service import LIVE_SUMMARY_MAX_AGE_SECONDS, OrderSummary, RetryingStep
+from web.summaries import LIVE_SUMMARY_MAX_AGE_SECONDS, OrderSummary, RetryingStep
 
 HTMX = {"HX-Request": "true"}
 # Orders end within 15 s of their start; a test waiting longer has found a bug.
@@ -242,7 +242,7 @@ async def test_a_row_behind_its_order_answers_at_once_and_says_how_old_it_is(
     await wait_for_row(board, order_id, awaiting_approval)
     order_service = app.dependencies["order_service"].dependency()
     # As if the last refresh had been 10 s ago (the cache has no clock of its own to move).
-    cache = order_service._live_summaries
+    cache = order_service.summaries._live
     loaded_at, summary = cache._entries[order_id]
     cache._entries[order_id] = (loaded_at - 10, summary)
 

@@ -21,7 +21,7 @@ from orchestration.settings import get_settings
 from orchestration.tables import Payment
 from tests.test_api import api, limited_to_one_order, new_order_id, order_row, serving  # noqa: F401 (api: fixture)
 from web.app import create_app
-from web.service import ACTIVE_ORDERS_QUERY
+from web.admission import ACTIVE_ORDERS_QUERY
 
 # The shapes seed projects of this assignment send (flat, with aliases).
 SEED_ADDRESS = {"street": "12 Elm St", "city": "Springfield", "state": "IL", "zip_code": "62701"}

@@ -6,9 +6,8 @@ import dataclasses
 from typing import Annotated, Any, Optional
 
 from litestar import Controller, Response, get, post
-from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import Body, JSONBody, PathParameter, QueryParameter
+from litestar.params import Body, JSONBody, QueryParameter
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_202_ACCEPTED,
@@ -20,9 +19,9 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from web.deps import OrderId, Service
 from web.schemas import (
     DEFAULT_LIST_LIMIT,
-    IDENTIFIER_PATTERN,
     MAX_BODY_BYTES,
     MAX_LIST_LIMIT,
     MAX_STATUS_WAIT_SECONDS,
@@ -34,18 +33,8 @@ from web.schemas import (
     StartOrderBody,
     address_of_update,
 )
-from web.service import ActionOutcome, OrderService
+from web.temporal_gateway import ActionOutcome
 
-OrderId = Annotated[
-    str,
-    PathParameter(
-        min_length=1,
-        max_length=64,
-        pattern=IDENTIFIER_PATTERN,
-        description="The caller's order id; the workflow id is `order-<order_id>`.",
-    ),
-]
-Service = NamedDependency[OrderService]
 
 # The error answers each route documents in the OpenAPI schema; the body is always ErrorBody.
 ERROR_MEANINGS = {

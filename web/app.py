@@ -18,11 +18,14 @@ from orchestration.database import close_pool, open_pool
 from orchestration.logs import configure_logging
 from orchestration.settings import Settings, get_settings
 from web.api import OrderController, health
-from web.board import STATIC_DIR, BoardController, LoginController, template_config
+from web.board import BoardController
+from web.login import LoginController
+from web.templates import STATIC_DIR, template_config
 from web.errors import EXCEPTION_HANDLERS
 from web.schemas import MAX_BODY_BYTES, ClosedStructSchemaPlugin
 from web.security import OperatorAccess, csrf_config, signing_key
-from web.service import OrderService, TemporalConnection
+from web.service import OrderService
+from web.temporal_gateway import TemporalConnection
 
 
 def create_app(

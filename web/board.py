@@ -13,131 +13,59 @@ also needs the operator's login at /login (both are decided in web/security.py).
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Annotated, Any, Awaitable, Callable, Literal, Optional
+from typing import Annotated, Any, Awaitable, Callable, Literal, Optional, TypeVar
 from urllib.parse import quote
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import Cookie
-from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, PermissionDeniedException, ValidationException
+from litestar import Controller, Response, get, post
 from litestar.params import QueryParameter, URLEncodedBody
 from litestar.plugins.htmx import HTMXRequest, HTMXTemplate
-from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
-from litestar.status_codes import (
-    HTTP_303_SEE_OTHER,
-    HTTP_400_BAD_REQUEST,
-    HTTP_401_UNAUTHORIZED,
-    HTTP_403_FORBIDDEN,
-    HTTP_404_NOT_FOUND,
-    HTTP_409_CONFLICT,
-    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-    HTTP_422_UNPROCESSABLE_ENTITY,
-    HTTP_500_INTERNAL_SERVER_ERROR,
-    HTTP_503_SERVICE_UNAVAILABLE,
-)
-from litestar.template.config import TemplateConfig
-from litestar.types import ExceptionHandlersMap
+from litestar.status_codes import HTTP_303_SEE_OTHER, HTTP_409_CONFLICT, HTTP_422_UNPROCESSABLE_ENTITY
 
-from orchestration.settings import Settings
-from web.api import OrderId, Service
 from web.board_views import (
     BOARD_FILTERS,
     FILTER_LABELS,
     Notice,
     OrderRow,
-    parse_time,
     row_from_record,
     row_from_summary,
     starting_row,
     timeline,
 )
-from web.errors import validation_detail
+from web.deps import OrderId, Service
 from web.forms import (
     ITEM_ROWS,
+    FieldErrors,
     FormState,
     address_from_form,
     cancel_from_form,
     new_order_from_form,
 )
-from web.schemas import DEFAULT_LIST_LIMIT, MAX_BODY_BYTES
-from web.security import CSRF_HEADER, OPERATOR_COOKIE, OperatorAccess, OperatorLoginRequired
-from web.service import (
-    ActionNotAllowed,
-    ActionOutcome,
-    DependencyUnavailable,
-    OrderConflict,
-    OrderNotFound,
-    OrderService,
-    shipping_workflow_id_for,
-    workflow_id_for,
-)
+from web.html_errors import HTML_EXCEPTION_HANDLERS
+from web.problems import ActionNotAllowed, OrderConflict, OrderNotFound
+from web.schemas import DEFAULT_LIST_LIMIT
+from web.service import OrderService
+from web.temporal_gateway import ActionOutcome, shipping_workflow_id_for
 
-logger = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES_DIR = ROOT / "templates"
-STATIC_DIR = ROOT / "static"
+T = TypeVar("T")
 
 # htmx stops polling an element whose request is answered with this status.
 HX_STOP_POLLING = 286
 STATUS_AGE_HEADER = "X-Status-Age"
 # A row whose status is older than this says so: the operator sees it is behind, not stuck.
 STALE_STATUS_SECONDS = 3.0
-ALERTS = "#alerts"
 BOARD_LIMIT = DEFAULT_LIST_LIMIT
 
 BoardFilter = Literal[tuple(BOARD_FILTERS)]  # type: ignore[valid-type]
 # `state` is a name Litestar reserves for the app state, hence the alias.
 FilterParameter = Annotated[BoardFilter, QueryParameter(name="state")]
 FormBody = URLEncodedBody[dict[str, str]]
-OperatorAccessDependency = NamedDependency[OperatorAccess]
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _seconds(value: Optional[float]) -> str:
-    return "—" if value is None else f"{value:.2f} s"
-
-
-def _clock(value: Any) -> str:
-    """A time of day in UTC with milliseconds, from an ISO string or a datetime."""
-    moment = parse_time(value) if isinstance(value, str) else value
-    if moment is None:
-        return "—"
-    return moment.astimezone(timezone.utc).strftime("%H:%M:%S.%f")[:-3]
-
-
-def template_config(settings: Settings) -> TemplateConfig:
-    """Jinja over templates/, autoescaping everything, with the board's filters."""
-    environment = Environment(
-        loader=FileSystemLoader(TEMPLATES_DIR),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-    )
-    ui_url = settings.temporal.ui_url.rstrip("/")
-    namespace = quote(settings.temporal.namespace, safe="")
-    environment.globals["temporal_ui_url"] = ui_url
-
-    def workflow_url(workflow_id: str) -> str:
-        return f"{ui_url}/namespaces/{namespace}/workflows/{quote(workflow_id, safe='')}"
-
-    environment.globals["workflow_url"] = workflow_url
-    environment.globals["workflow_id_for"] = workflow_id_for
-    environment.globals["csrf_header"] = CSRF_HEADER
-    environment.globals["operator_login"] = bool(settings.web.operator_token)
-    environment.globals["operator_cookie"] = OPERATOR_COOKIE
-    environment.filters["seconds"] = _seconds
-    environment.filters["clock"] = _clock
-    return TemplateConfig(instance=JinjaTemplateEngine.from_environment(environment))
 
 
 def fresh_form() -> FormState:
@@ -202,11 +130,7 @@ async def _order_page(
 ) -> Template:
     record = await order_service.order_record(order_id)
     try:
-        summary, workflow_status = await asyncio.gather(
-            # Fresh, so that the row agrees with the live status beside it.
-            order_service.order_summary(order_id, fresh=True),
-            order_service.order_status(order_id),
-        )
+        summary, workflow_status = await order_service.order_view(order_id)
     except OrderNotFound:
         # Temporal may have deleted a long-finished workflow; the database still knows it.
         if record.order is None:
@@ -218,9 +142,9 @@ async def _order_page(
             order_id, workflow_status["shipping_attempts"]
         )
         if not workflow_status["shipping"]:
-            # order_status follows the shipping child only while both run; the timeline of a
+            # The status follows the shipping child only while both run; the timeline of a
             # finished order shows its last shipping attempt too.
-            workflow_status["shipping"] = await order_service.shipping_status(
+            workflow_status["shipping"] = await order_service.shipping_attempt_status(
                 shipping_workflow_id
             )
     now = _now()
@@ -286,132 +210,28 @@ async def _act(
     return await _after_action(request, order_service, order_id, notice, 200)
 
 
-async def _invalid(
-    request: HTMXRequest, order_service: OrderService, order_id: str, form_name: str, form: FormState
+async def _act_on_form(
+    request: HTMXRequest,
+    order_service: OrderService,
+    order_id: str,
+    form_name: str,
+    data: dict[str, str],
+    parsed: tuple[Optional[T], FieldErrors],
+    action: Callable[[T], Awaitable[ActionOutcome]],
 ) -> Response:
-    """The row again with the rejected form open, its input kept and its errors shown."""
+    """Run the action a row's form asks for, once the form parsed; otherwise the row again with
+    the form open, its input kept and its errors shown."""
+    request_body, errors = parsed
+    if request_body is not None:
+        return await _act(request, order_service, order_id, lambda: action(request_body))
     return await _after_action(
         request,
         order_service,
         order_id,
         Notice("invalid", "Nothing was sent: correct the fields marked below."),
         HTTP_422_UNPROCESSABLE_ENTITY,
-        {form_name: form},
+        {form_name: FormState(dict(data), errors)},
     )
-
-
-@dataclass(frozen=True)
-class Link:
-    """Where an error message sends the operator next, e.g. to log in."""
-
-    href: str
-    text: str
-
-
-def _error_page(
-    request: Request,
-    status_code: int,
-    title: str,
-    message: str,
-    link: Optional[Link] = None,
-    headers: Optional[dict[str, str]] = None,
-) -> Response:
-    context = {"title": title, "message": message, "link": link}
-    if isinstance(request, HTMXRequest) and request.htmx:
-        return HTMXTemplate(
-            template_name="_alert.html",
-            context=context,
-            status_code=status_code,
-            headers=headers,
-            re_target=ALERTS,
-            re_swap="innerHTML",
-        )
-    return Template(
-        template_name="error.html", context=context, status_code=status_code, headers=headers
-    )
-
-
-def _not_found(request: Request, exc: OrderNotFound) -> Response:
-    return _error_page(request, HTTP_404_NOT_FOUND, "Order not found", str(exc))
-
-
-def _bad_request(request: Request, exc: ValidationException) -> Response:
-    return _error_page(
-        request, HTTP_400_BAD_REQUEST, "Invalid request", validation_detail(request, exc)
-    )
-
-
-def _unavailable(request: Request, exc: DependencyUnavailable) -> Response:
-    # The message is written for the operator at the board; what actually failed is for the log.
-    logger.warning(
-        "dependency unavailable",
-        extra={
-            "event": "dependency_unavailable",
-            "component": exc.component,
-            "error": str(exc),
-            "cause": repr(exc.__cause__) if exc.__cause__ else None,
-        },
-    )
-    return _error_page(
-        request,
-        HTTP_503_SERVICE_UNAVAILABLE,
-        "Temporarily unavailable",
-        str(exc),
-        headers={"Retry-After": str(exc.retry_after_seconds)},
-    )
-
-
-def _csrf_refused(request: Request, _: PermissionDeniedException) -> Response:
-    # CSRF is the only check that answers 403; Litestar's own detail does not say what to do.
-    return _error_page(
-        request,
-        HTTP_403_FORBIDDEN,
-        "Request refused",
-        "The page's security token is missing or out of date (the server may have restarted); "
-        "nothing was done. Reload the page and try again.",
-    )
-
-
-def _login_required(request: Request, exc: OperatorLoginRequired) -> Response:
-    return _error_page(
-        request, HTTP_401_UNAUTHORIZED, "Log in required", exc.detail, Link("/login", "Log in")
-    )
-
-
-def _body_too_large(request: Request, _: HTTPException) -> Response:
-    return _error_page(
-        request,
-        HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-        "Request too large",
-        f"The form is larger than the {MAX_BODY_BYTES // 1024} KiB allowed; nothing was done.",
-    )
-
-
-def _http_error(request: Request, exc: HTTPException) -> Response:
-    return _error_page(request, exc.status_code, "Request failed", exc.detail)
-
-
-def _internal_error(request: Request, exc: Exception) -> Response:
-    logger.exception(
-        "unhandled error",
-        extra={"event": "internal_error", "method": request.method, "path": request.url.path},
-    )
-    return _error_page(
-        request, HTTP_500_INTERNAL_SERVER_ERROR, "Internal error", "Internal error; it has been logged."
-    )
-
-
-HTML_EXCEPTION_HANDLERS: ExceptionHandlersMap = {
-    # The app's JSON handler for 413 is keyed by status, which wins over exception classes.
-    HTTP_413_REQUEST_ENTITY_TOO_LARGE: _body_too_large,
-    ValidationException: _bad_request,
-    PermissionDeniedException: _csrf_refused,
-    OperatorLoginRequired: _login_required,
-    HTTPException: _http_error,
-    OrderNotFound: _not_found,
-    DependencyUnavailable: _unavailable,
-    Exception: _internal_error,
-}
 
 
 class BoardController(Controller):
@@ -513,32 +333,18 @@ class BoardController(Controller):
     async def cancel(
         self, request: HTMXRequest, order_service: Service, order_id: OrderId, data: FormBody
     ) -> Response:
-        cancel, errors = cancel_from_form(data)
-        if cancel is None:
-            return await _invalid(
-                request, order_service, order_id, "cancel", FormState(dict(data), errors)
-            )
-        return await _act(
-            request,
-            order_service,
-            order_id,
-            lambda: order_service.cancel(order_id, cancel.reason),
+        return await _act_on_form(
+            request, order_service, order_id, "cancel", data, cancel_from_form(data),
+            lambda cancel: order_service.cancel(order_id, cancel.reason),
         )
 
     @post("/board/orders/{order_id:str}/address", status_code=200)
     async def update_address(
         self, request: HTMXRequest, order_service: Service, order_id: OrderId, data: FormBody
     ) -> Response:
-        address, errors = address_from_form(data)
-        if address is None:
-            return await _invalid(
-                request, order_service, order_id, "address", FormState(dict(data), errors)
-            )
-        return await _act(
-            request,
-            order_service,
-            order_id,
-            lambda: order_service.update_address(order_id, address.to_address()),
+        return await _act_on_form(
+            request, order_service, order_id, "address", data, address_from_form(data),
+            lambda address: order_service.update_address(order_id, address.to_address()),
         )
 
     @get("/orders/{order_id:str}")
@@ -546,48 +352,3 @@ class BoardController(Controller):
         self, request: HTMXRequest, order_service: Service, order_id: OrderId
     ) -> Template:
         return await _order_page(order_service, order_id, fragment=bool(request.htmx))
-
-
-class LoginController(Controller):
-    """The operator login of the board, used when OPERATOR_TOKEN is set (see web/security.py)."""
-
-    include_in_schema = False
-    exception_handlers = HTML_EXCEPTION_HANDLERS
-
-    @get("/login")
-    async def login_page(self, operator_access: OperatorAccessDependency) -> Template:
-        return Template(
-            template_name="login.html", context={"required": operator_access.required}
-        )
-
-    @post("/login", status_code=HTTP_303_SEE_OTHER)
-    async def login(
-        self, request: Request, operator_access: OperatorAccessDependency, data: FormBody
-    ) -> Response:
-        token = data.get("token", "")
-        if operator_access.required and not operator_access.token_matches(token):
-            return Template(
-                template_name="login.html",
-                context={"required": True, "error": "That is not the operator token."},
-                status_code=HTTP_401_UNAUTHORIZED,
-            )
-        response = Redirect("/", status_code=HTTP_303_SEE_OTHER)
-        if operator_access.required:
-            response.set_cookie(
-                Cookie(
-                    key=OPERATOR_COOKIE,
-                    value=operator_access.cookie_value(),
-                    path="/",
-                    httponly=True,
-                    samesite="strict",
-                    # Over plain HTTP (the local default) a Secure cookie would never come back.
-                    secure=request.url.scheme == "https",
-                )
-            )
-        return response
-
-    @post("/logout", status_code=HTTP_303_SEE_OTHER)
-    async def logout(self) -> Redirect:
-        response = Redirect("/", status_code=HTTP_303_SEE_OTHER)
-        response.delete_cookie(OPERATOR_COOKIE, path="/")
-        return response

@@ -21,7 +21,7 @@ from orchestration.models import (
     TERMINAL_STATES,
     VALIDATED,
 )
-from web.service import OrderSummary
+from web.summaries import OrderSummary
 
 # The board's state filter: a name in the query string → the database states it shows. The
 # database knows no `awaiting_approval` (that lives in the workflow), so filters are by what the

@@ -28,7 +28,7 @@ from litestar.status_codes import (
 from litestar.types import ExceptionHandlersMap
 
 from web.schemas import MAX_BODY_BYTES, PATTERN_MEANINGS
-from web.service import ActionNotAllowed, DependencyUnavailable, OrderConflict, OrderNotFound
+from web.problems import ActionNotAllowed, DependencyUnavailable, OrderConflict, OrderNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -150,21 +150,8 @@ def _conflict(_: Request, exc: Exception) -> Response:
 
 
 def _unavailable(_: Request, exc: DependencyUnavailable) -> Response:
-    # The detail is written for the caller; what actually failed is for the operator's log.
-    logger.warning(
-        "dependency unavailable",
-        extra={
-            "event": "dependency_unavailable",
-            "component": exc.component,
-            "error": str(exc),
-            "cause": repr(exc.__cause__) if exc.__cause__ else None,
-        },
-    )
-    return error_response(
-        HTTP_503_SERVICE_UNAVAILABLE,
-        str(exc),
-        headers={"Retry-After": str(exc.retry_after_seconds)},
-    )
+    exc.log()
+    return error_response(HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers=exc.headers)
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:

@@ -58,9 +58,6 @@ class RefreshingCache(Generic[K, V]):
         entry = self._entries.get(key)
         return None if entry is None else time.monotonic() - entry[0]
 
-    def forget(self, key: K) -> None:
-        self._entries.pop(key, None)
-
     async def _refresh_in_slot(self, key: K) -> V:
         async with self._refresh_slots:
             return await self._load(key)

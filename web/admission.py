@@ -1,0 +1,109 @@
+"""Admission control: a new order starts only while the machine has room for it.
+
+Past what the machine can carry, every order would be late; holding the newest back keeps the
+15-second promise for the ones already accepted. Orders parked at review, waiting for a person
+(an approval or an address), cost the machine nothing and hold no place. A start waits up to
+ADMISSION_WAIT_SECONDS for a free place, first come first, and is then refused with
+Retry-After: a burst is absorbed without the caller retrying, and callers retrying in a loop
+cost the busy machine more than callers waiting quietly. The count comes from Temporal's
+visibility (the OrderParked search attribute), so it holds across web replicas; starts racing
+each other may overshoot it by a few.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+
+from temporalio.client import Client
+
+from orchestration.models import ORDER_PARKED_ATTRIBUTE
+from orchestration.settings import WebSettings
+from web.overview import AdmissionSnapshot
+from web.problems import CALL_TIMEOUT, DependencyUnavailable, temporal_call
+
+# Orders doing work: running, and not parked waiting for a person.
+ACTIVE_ORDERS_QUERY = (
+    "WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Running' AND "
+    f"{ORDER_PARKED_ATTRIBUTE.name} = false"
+)
+IN_FLIGHT_RECOUNT_SECONDS = 0.1
+# Orders end within 15 s, and at the limit about one ends every few hundred milliseconds, so a
+# refused start may try again almost at once.
+AT_CAPACITY_RETRY_AFTER_SECONDS = 1
+
+
+class Admission:
+    """The admission places of this web process, counted in Temporal."""
+
+    def __init__(self, settings: WebSettings) -> None:
+        self._settings = settings
+        self._in_flight: tuple[float, int] = (-math.inf, 0)
+        """(monotonic time of the last count, running orders then plus starts since)."""
+        self._recount = asyncio.Lock()
+        self._waiting_starts: list[object] = []
+        """Starts waiting for a free place, first come first."""
+        self._refused_at: deque[float] = deque()
+        """When starts were refused at capacity (monotonic), for the overview."""
+
+    async def admit(self, client: Client) -> None:
+        """Return once a new order may start; raise DependencyUnavailable when no place came
+        free within ADMISSION_WAIT_SECONDS."""
+        limit = self._settings.max_orders_in_flight
+        if limit <= 0:
+            return
+        turn = object()
+        self._waiting_starts.append(turn)
+        give_up_at = time.monotonic() + self._settings.admission_wait_seconds
+        try:
+            while True:
+                running = await self._orders_in_flight(client)
+                if self._waiting_starts.index(turn) < limit - running:
+                    self._in_flight = (self._in_flight[0], running + 1)
+                    return
+                if time.monotonic() >= give_up_at:
+                    self._refused_at.append(time.monotonic())
+                    raise DependencyUnavailable(
+                        "capacity",
+                        f"{running} orders are being processed, the most this system takes at once "
+                        f"({limit}), and none ended within "
+                        f"{self._settings.admission_wait_seconds:g} s; try again in a moment.",
+                        retry_after_seconds=AT_CAPACITY_RETRY_AFTER_SECONDS,
+                    )
+                await asyncio.sleep(IN_FLIGHT_RECOUNT_SECONDS)
+        finally:
+            self._waiting_starts.remove(turn)
+
+    async def _orders_in_flight(self, client: Client) -> int:
+        """Running orders, counted by Temporal at most every IN_FLIGHT_RECOUNT_SECONDS; in
+        between, the last count plus the starts this process accepted since. At capacity every
+        waiting start asks again and again, and a count per question would add load just when
+        there is least room for it. Questions arriving during a count wait for it rather than
+        each start one of their own."""
+        counted_at, count = self._in_flight
+        if time.monotonic() - counted_at < IN_FLIGHT_RECOUNT_SECONDS:
+            return count
+        async with self._recount:
+            counted_at, count = self._in_flight
+            if time.monotonic() - counted_at < IN_FLIGHT_RECOUNT_SECONDS:
+                return count
+            async with temporal_call():
+                running = await client.count_workflows(
+                    ACTIVE_ORDERS_QUERY, rpc_timeout=CALL_TIMEOUT
+                )
+            self._in_flight = (time.monotonic(), running.count)
+            return running.count
+
+    def snapshot(self, window_seconds: float) -> AdmissionSnapshot:
+        """Places in use, starts waiting, and starts refused in the last `window_seconds`."""
+        while self._refused_at and self._refused_at[0] < time.monotonic() - window_seconds:
+            self._refused_at.popleft()
+        counted_at, count = self._in_flight
+        return AdmissionSnapshot(
+            limit=self._settings.max_orders_in_flight,
+            in_use=None if counted_at == -math.inf else count,
+            waiting=len(self._waiting_starts),
+            refused_in_window=len(self._refused_at),
+        )
