@@ -1,0 +1,1 @@
+"""The parts of scripts/benchmark.py: timed orders, board probes, worker metrics, figures and report."""

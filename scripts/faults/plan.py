@@ -1,0 +1,56 @@
+"""The fault plan: which faults fire, after how many started orders, drawn from the seeded RNG."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass
+
+SCENARIOS = ("workers", "graceful", "database", "web")
+# Faults fire between these shares of the orders started, so that orders are in flight before,
+# during and after each of them.
+FAULT_WINDOW = (0.1, 0.8)
+RESTART_PAUSE_SECONDS = (0.5, 2.0)
+
+
+@dataclass
+class Fault:
+    action: str  # kill, graceful, database, web
+    target: str
+    after_started: int
+    """Fires once this many orders have been started."""
+    pause: float
+    """Seconds between stopping the process and starting it again."""
+
+    @property
+    def label(self) -> str:
+        return {
+            "kill": f"SIGKILL {self.target}",
+            "graceful": f"SIGTERM {self.target}",
+            "database": "restart PostgreSQL",
+            "web": "restart web",
+        }[self.action]
+
+
+def plan_faults(rng: random.Random, args: argparse.Namespace) -> list[Fault]:
+    wanted: list[tuple[str, str]] = []
+    if "workers" in args.scenarios:
+        wanted += [("kill", "order-worker"), ("kill", "shipping-worker")] * args.kills
+    if "graceful" in args.scenarios:
+        wanted.append(("graceful", "order-worker"))
+    if "database" in args.scenarios:
+        wanted += [("database", "postgres")] * args.database_restarts
+    if "web" in args.scenarios:
+        wanted += [("web", "web")] * args.web_restarts
+    rng.shuffle(wanted)
+    # One random moment in each of len(wanted) equal slices of the window, so that the faults
+    # are spread over the run rather than bunched.
+    low, high = (share * args.orders for share in FAULT_WINDOW)
+    slice_width = (high - low) / max(1, len(wanted))
+    moments = [
+        max(1, round(low + (index + rng.random()) * slice_width)) for index in range(len(wanted))
+    ]
+    return [
+        Fault(action, target, moment, rng.uniform(*RESTART_PAUSE_SECONDS))
+        for (action, target), moment in zip(wanted, moments)
+    ]

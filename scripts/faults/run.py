@@ -1,0 +1,105 @@
+"""The run of a fault test: orders through the API, C at a time, with the planned faults fired among them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from orchestration.models import TERMINAL_STATES
+from scripts.drive.api import Api, in_slots, start_body
+from scripts.faults.plan import Fault
+from scripts.faults.system import System
+
+PROGRESS_INTERVAL_SECONDS = 5.0
+
+
+def log(message: str) -> None:
+    print(f"fault test: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class OrderRecord:
+    order_id: str
+    started: bool = False
+    api_state: str = "not started"
+    """The state the API answered last."""
+    error: str = ""
+
+
+@dataclass
+class RunProgress:
+    started: int = 0
+    terminal: int = 0
+    orders_done: bool = False
+    faults_done: int = 0
+
+
+async def run_order(api: Api, record: OrderRecord, progress: RunProgress, args: argparse.Namespace) -> None:
+    response, retried = await api.request("POST", f"/orders/{record.order_id}/start", start_body(record.order_id))
+    # 409 after a resend: the first attempt started the order and its answer was lost.
+    if response.status_code != 201 and not (response.status_code == 409 and retried):
+        record.error = f"start answered {response.status_code}: {response.text[:200]}"
+        return
+    record.started = True
+    record.api_state = "started"
+    progress.started += 1
+    # 409 is a valid answer: review may be over (timed out while a worker was down) or an
+    # earlier attempt of this request got through.
+    await api.request("POST", f"/orders/{record.order_id}/signals/approve")
+    give_up_at = time.monotonic() + args.settle_seconds
+    while time.monotonic() < give_up_at:
+        await asyncio.sleep(args.poll_interval)
+        try:
+            response, _ = await api.request("GET", f"/orders/{record.order_id}/status")
+        except httpx.TransportError as err:
+            record.error = f"status: {type(err).__name__}: {err}"
+            continue
+        if response.status_code != 200:
+            record.error = f"status answered {response.status_code}: {response.text[:200]}"
+            continue
+        record.api_state = response.json()["state"]
+        if record.api_state in TERMINAL_STATES:
+            record.error = ""
+            progress.terminal += 1
+            return
+    record.error = record.error or f"not terminal {args.settle_seconds:g} s after its start"
+
+
+async def run_orders(api: Api, records: list[OrderRecord], progress: RunProgress, args: argparse.Namespace) -> None:
+    try:
+        await in_slots(
+            records, args.concurrency, lambda record: run_order(api, record, progress, args), httpx.TransportError
+        )
+    finally:
+        # Faults still waiting for their share of started orders would wait for ever.
+        progress.orders_done = True
+
+
+async def inject_faults(system: System, faults: list[Fault], progress: RunProgress) -> None:
+    for fault in faults:
+        while progress.started < fault.after_started and not progress.orders_done:
+            await asyncio.sleep(0.1)
+        began, started, terminal = time.monotonic(), progress.started, progress.terminal
+        if fault.action == "kill":
+            await system.kill_worker(fault.target, fault.pause)
+        elif fault.action == "graceful":
+            await system.restart_worker_gracefully(fault.target, fault.pause)
+        elif fault.action == "database":
+            await system.restart_database(fault.pause)
+        else:
+            await system.restart_web(fault.pause)
+        progress.faults_done += 1
+        log(f"{fault.label} at {started} started / {terminal} terminal; "
+            f"back after {time.monotonic() - began:.1f} s")
+
+
+async def report_progress(progress: RunProgress, total: int, faults: int) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_INTERVAL_SECONDS)
+        log(f"{progress.started}/{total} started, {progress.terminal} terminal, "
+            f"{progress.faults_done}/{faults} faults done")
