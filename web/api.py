@@ -204,7 +204,8 @@ class OrderController(Controller):
         state_filter: Annotated[Optional[OrderState], QueryParameter(name="state")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
     ) -> list[dict[str, Any]]:
-        return await order_service.list_orders(state_filter, limit)
+        states = None if state_filter is None else [state_filter]
+        return await order_service.recent_orders(states, limit)
 
 
 @get(

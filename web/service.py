@@ -122,12 +122,10 @@ class OrderService:
             self._admission.snapshot(window),
         )
 
-    async def list_orders(self, state: Optional[str], limit: int) -> list[dict[str, Any]]:
-        return await read_model.recent_orders(None if state is None else [state], limit)
-
     async def recent_orders(
         self, states: Optional[Collection[str]], limit: int
     ) -> list[dict[str, Any]]:
+        """Orders from the database, newest first, in any of `states` (None: in any state)."""
         return await read_model.recent_orders(states, limit)
 
     async def order_record(self, order_id: str) -> OrderRecord:
