@@ -13,7 +13,6 @@ also needs the operator's login at /login (both are decided in web/security.py).
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Awaitable, Callable, Literal, Optional, TypeVar
 from urllib.parse import quote
@@ -41,6 +40,7 @@ from web.forms import (
     FormState,
     address_from_form,
     cancel_from_form,
+    fresh_form,
     new_order_from_form,
 )
 from web.html_errors import HTML_EXCEPTION_HANDLERS
@@ -66,19 +66,6 @@ FormBody = URLEncodedBody[dict[str, str]]
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def fresh_form() -> FormState:
-    """The new-order form with a new order id and payment id filled in."""
-    order_id = f"ord-{uuid.uuid4().hex[:8]}"
-    return FormState(
-        values={
-            "order_id": order_id,
-            "payment_id": f"pay-{order_id}",
-            "items.0.sku": "ABC",
-            "items.0.qty": "1",
-        }
-    )
 
 
 async def _rows(order_service: OrderService, orders: list[dict[str, Any]]) -> list[OrderRow]:

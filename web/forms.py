@@ -7,6 +7,7 @@ a form gets a message next to every field that is wrong.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, TypeVar
 
@@ -38,6 +39,19 @@ class FormState:
 
     values: dict[str, str] = field(default_factory=dict)
     errors: FieldErrors = field(default_factory=dict)
+
+
+def fresh_form() -> FormState:
+    """The new-order form with a new order id and payment id filled in."""
+    order_id = f"ord-{uuid.uuid4().hex[:8]}"
+    return FormState(
+        values={
+            "order_id": order_id,
+            "payment_id": f"pay-{order_id}",
+            "items.0.sku": "ABC",
+            "items.0.qty": "1",
+        }
+    )
 
 
 def _problem(err: msgspec.ValidationError) -> str:
