@@ -13,7 +13,8 @@ attempts in three). An activity makes one attempt; this module adds what an atte
 - the step's budget, which temporalio 1.35's core does not enforce for a local activity
   (`check_step_budget`);
 - the record of each failed attempt (an `attempt_failed` event: the status reads retrying
-  steps from them), and the write of an effect that happened, which always runs to its end
+  steps from them), queued and written behind the attempt (orchestration/failure_log.py),
+  and the write of an effect that happened, which always runs to its end
   even when the attempt is cut off meanwhile (`record`).
 """
 
@@ -32,13 +33,9 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from orchestration.metrics import ATTEMPT_TIMED_OUT_ERROR, ActivityCounter
 from orchestration.models import ErrorRecord
-from orchestration.policy import (
-    ATTEMPT_BACKSTOP_SECONDS,
-    BUSINESS_RULE_VIOLATION,
-    DEADLINE_EXCEEDED_ERROR,
-    FAILURE_RECORD_TIMEOUT_SECONDS,
-)
-from orchestration.records import BusinessRuleViolation, record_event
+from orchestration.failure_log import ATTEMPT_FAILED, FailedAttemptLog
+from orchestration.policy import ATTEMPT_BACKSTOP_SECONDS, BUSINESS_RULE_VIOLATION, DEADLINE_EXCEEDED_ERROR
+from orchestration.records import BusinessRuleViolation
 from orchestration.tables import Event
 
 T = TypeVar("T")
@@ -48,9 +45,6 @@ logger = logging.getLogger(__name__)
 # Failed attempts are expected (flaky_call fails two in three) and are logged here as one JSON
 # line each; BENIGN stops the SDK from logging a traceback for every one of them.
 BENIGN = ApplicationErrorCategory.BENIGN
-
-
-ATTEMPT_FAILED = "attempt_failed"
 
 
 def check_step_budget() -> None:
@@ -141,6 +135,7 @@ class StepActivities:
         self.attempt_timeout = attempt_timeout
         self.backstop = backstop
         self.counter = counter or ActivityCounter()
+        self.failure_log = FailedAttemptLog()
 
     async def _attempt(self, order_id: str, call: Callable[[], Awaitable[T]]) -> tuple[T, list[ErrorRecord]]:
         """Run one attempt within its deadline; returns the result and earlier attempts' errors."""
@@ -165,14 +160,14 @@ class StepActivities:
             result = await self._cut_off_if_hung(call)
         except HungCallCutOff:
             message = f"attempt timed out after {self.attempt_timeout:g}s"
-            await self._record_failure(order_id, message, "timeout")
+            self._record_failure(order_id, message, "timeout")
             raise ApplicationError(message, type=ATTEMPT_TIMED_OUT_ERROR, category=BENIGN) from None
         except BusinessRuleViolation as err:
-            await self._record_failure(order_id, str(err), "rejected")
+            self._record_failure(order_id, str(err), "rejected")
             raise ApplicationError(str(err), type=BUSINESS_RULE_VIOLATION, non_retryable=True) from err
         except Exception as err:
             message = f"{type(err).__name__}: {err}"
-            await self._record_failure(order_id, message, "error")
+            self._record_failure(order_id, message, "error")
             raise ApplicationError(message, type=type(err).__name__, category=BENIGN) from err
         # No log line here: the workflow logs the step's completion with its attempt.
         errors = await self._earlier_failures(order_id) if info.attempt > 1 else []
@@ -207,7 +202,7 @@ class StepActivities:
             # A no-op once it is done; ends a hung call when Temporal cancels this activity.
             attempt.cancel()
 
-    async def _record_failure(self, order_id: str, message: str, kind: str) -> None:
+    def _record_failure(self, order_id: str, message: str, kind: str) -> None:
         info = activity.info()
         will_retry = kind != "rejected"
         activity.logger.warning(
@@ -219,28 +214,23 @@ class StepActivities:
                 "next": "retry" if will_retry else "give up",
             },
         )
-        try:
-            async with asyncio.timeout(FAILURE_RECORD_TIMEOUT_SECONDS):
-                await record_event(
-                    order_id,
-                    ATTEMPT_FAILED,
-                    f"{info.workflow_id}:{info.activity_id}:{info.attempt}",
-                    {
-                        "step": info.activity_type,
-                        "attempt": info.attempt,
-                        "error": message,
-                        "workflow_id": info.workflow_id,
-                        "activity_id": info.activity_id,
-                    },
-                )
-        except Exception as err:  # the attempt's own error matters more than its record
-            activity.logger.warning(
-                "could not record failed attempt",
-                extra={"event": "failure_not_recorded", "order_id": order_id, "error": repr(err)},
-            )
+        self.failure_log.add(
+            order_id,
+            f"{info.workflow_id}:{info.activity_id}:{info.attempt}",
+            {
+                "step": info.activity_type,
+                "attempt": info.attempt,
+                "error": message,
+                "workflow_id": info.workflow_id,
+                "activity_id": info.activity_id,
+            },
+        )
 
     async def _earlier_failures(self, order_id: str) -> list[ErrorRecord]:
         info = activity.info()
+        # The earlier attempts ran in this worker (a local activity retries where it runs), so
+        # their records are written or queued here.
+        await self.failure_log.written()
         rows = (
             await Event.select(Event.payload_json, Event.ts)
             .where(

@@ -8,10 +8,24 @@ import logging
 import time
 from typing import AsyncIterator
 
+import asyncpg
+
 from orchestration.settings import DatabaseSettings
 from orchestration.tables import Order
 
 logger = logging.getLogger(__name__)
+
+
+class PooledConnection(asyncpg.Connection):
+    """A connection the pool takes back without asyncpg's reset query.
+
+    On every release asyncpg resets the session (advisory locks, cursors, LISTEN, SET), which is
+    one more round trip per query here: 6 % of the order worker's busy time under load. This
+    code keeps no session state (no LISTEN, locks, cursors or SET), and an open transaction is
+    still rolled back on release, as asyncpg always does."""
+
+    def get_reset_query(self) -> str:
+        return ""
 
 
 async def open_pool(settings: DatabaseSettings, wait_seconds: float = 60.0) -> None:
@@ -20,7 +34,9 @@ async def open_pool(settings: DatabaseSettings, wait_seconds: float = 60.0) -> N
     give_up_at = time.monotonic() + wait_seconds
     while True:
         try:
-            await engine.start_connection_pool(min_size=1, max_size=settings.pool_max_size)
+            await engine.start_connection_pool(
+                min_size=1, max_size=settings.pool_max_size, connection_class=PooledConnection
+            )
             await Order.raw("SELECT 1")
             return
         except Exception as err:

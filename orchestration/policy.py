@@ -60,8 +60,8 @@ ATTEMPT_BACKSTOP_SECONDS = 2.0
 written off and retried: only a database that stopped answering reaches it. A local activity
 cannot carry a start-to-close timeout for this (see orchestration/attempts.py)."""
 FAILURE_RECORD_TIMEOUT_SECONDS = 1.0
-"""Longest the record of a failed attempt may take: it is diagnostics for the status and the
-board, and must never stretch the attempt it describes by much."""
+"""Longest one write of failed attempts' records may take before those records are given up:
+they are diagnostics for the status and the board (see orchestration/failure_log.py)."""
 STICKY_SCHEDULE_TO_START_SECONDS = 1.0
 """How long a workflow's next task waits for the worker that ran its last one before any
 worker may take it (Temporal's default is 5 s): after a worker is killed, its orders carry on

@@ -88,4 +88,5 @@ async def serve(
     async with worker:
         await stop.wait()
         logger.info("worker stopping", extra={"event": "worker_stopping", "task_queue": task_queue})
+    await activities.failure_log.written()
     await close_pool()

@@ -26,6 +26,7 @@ from orchestration.records import BusinessRuleViolation
 from orchestration.shipping import business as shipping_business
 from orchestration.shipping.activities import ShippingActivities
 from orchestration.database import connections_in_use
+from orchestration.failure_log import FailedAttemptLog
 from orchestration.models import (
     CANCELLED,
     SHIPPED,
@@ -180,7 +181,40 @@ async def test_a_hung_attempt_is_cut_off_at_its_deadline(database, monkeypatch, 
     assert raised.value.type == "AttemptTimedOut" and not raised.value.non_retryable
     assert counter.running == 0
     assert await Payment.count().where(Payment.order_id == order_id) == 0
+    # The failed attempt's record is written behind the attempt (orchestration/failure_log.py).
+    await activities.failure_log.written()
     assert "attempt_failed" in await events_of(order_id)
+
+
+async def test_failed_attempts_queued_together_are_all_recorded_once(database, order_id):
+    """Records added while nothing awaits go out in one write; a record added twice (the same
+    attempt) is stored once; written() returns only once they are all in the table."""
+    log = FailedAttemptLog()
+    for attempt in range(1, 41):
+        log.add(order_id, f"wf-{order_id}:1:{attempt}", {"attempt": attempt, "error": "boom"})
+    log.add(order_id, f"wf-{order_id}:1:1", {"attempt": 1, "error": "boom"})
+    await log.written()
+    assert (await events_of(order_id)).count("attempt_failed") == 40
+    # Records added while a write runs go into the next one, and written() waits for that too.
+    log.add(order_id, f"wf-{order_id}:2:1", {"attempt": 1, "error": "boom"})
+    await asyncio.sleep(0)
+    log.add(order_id, f"wf-{order_id}:2:2", {"attempt": 2, "error": "boom"})
+    await log.written()
+    assert (await events_of(order_id)).count("attempt_failed") == 42
+
+
+async def test_a_failed_write_of_attempt_records_is_logged_and_the_next_still_goes_out(
+    database, order_id, caplog
+):
+    log = FailedAttemptLog()
+    # A record the table refuses (the key is longer than its column) fails the whole write.
+    log.add(order_id, "x" * 300, {"attempt": 1})
+    await log.written()
+    [warning] = [r for r in caplog.records if getattr(r, "event", None) == "failure_not_recorded"]
+    assert warning.records == 1 and order_id in warning.order_ids
+    log.add(order_id, f"wf-{order_id}:1:1", {"attempt": 1, "error": "boom"})
+    await log.written()
+    assert await events_of(order_id) == ["attempt_failed"]
 
 
 async def wait_for_connections_returned(seconds: float = 2.0) -> int:

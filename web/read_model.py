@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Collection, Optional
 
-from orchestration.attempts import ATTEMPT_FAILED
+from orchestration.failure_log import ATTEMPT_FAILED
 from orchestration.tables import Event, Order, Payment
 from web.overview import HISTORY as OVERVIEW_HISTORY
 from web.overview import OPEN_ORDERS_LOOKBACK
