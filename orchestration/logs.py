@@ -52,11 +52,13 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # uvicorn's loggers print plain text through handlers of their own; send them to the JSON
-    # handler instead, so the web process writes one JSON object per line like the others.
+    # handler instead, so the web process writes one JSON object per line like the others. A
+    # logger uvicorn silenced (no handler, not propagating: `--no-access-log`) stays silent.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         server_logger = logging.getLogger(name)
-        server_logger.handlers[:] = []
-        server_logger.propagate = True
+        if server_logger.handlers or server_logger.propagate:
+            server_logger.handlers[:] = []
+            server_logger.propagate = True
     # The SDK's own per-poll chatter is noise at INFO.
     logging.getLogger("temporalio").setLevel(logging.WARNING)
     for name in ("temporalio.workflow", "temporalio.activity"):

@@ -41,3 +41,30 @@ async def test_a_failed_attempt_is_one_json_line_with_its_context(database, monk
     assert entry["error"] == "RuntimeError: Forced failure for testing"
     assert entry["next"] == "retry"
     assert entry["time"].endswith("+00:00")
+
+
+@pytest.fixture
+def restored_logging():
+    """configure_logging rewires the root and uvicorn loggers; put them back afterwards."""
+    names = ["", "uvicorn", "uvicorn.error", "uvicorn.access"]
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate, logging.getLogger(name).level) for name in names}
+    yield
+    for name, (handlers, propagate, level) in saved.items():
+        restored = logging.getLogger(name)
+        restored.handlers[:], restored.propagate, restored.level = handlers, propagate, level
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_uvicorn_access_lines_follow_its_flag_as_json(access_log, restored_logging, capsys):
+    """`uvicorn --no-access-log` (the Procfile's web line) must stay quiet after the app sets up
+    its JSON logging; it printed a line per request before, a tenth of the web process's CPU."""
+    import uvicorn
+
+    from orchestration.logs import configure_logging
+
+    uvicorn.Config(app="web.app:app", access_log=access_log)  # configures uvicorn's loggers
+    configure_logging()
+    logging.getLogger("uvicorn.access").info('127.0.0.1:1 - "GET /health HTTP/1.1" 200')
+    logging.getLogger("uvicorn.error").info("Application startup complete.")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["logger"] for line in lines] == (["uvicorn.access"] if access_log else []) + ["uvicorn.error"]
