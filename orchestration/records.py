@@ -3,13 +3,13 @@ move an order forward, and facts recorded once each (events keyed by what they r
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any, Iterable, Optional
 
 from piccolo.columns import Column
 from piccolo.table import Table
 
-from orchestration.database import transaction
 from orchestration.models import TERMINAL_STATES
 from orchestration.tables import Event, Order
 
@@ -73,8 +73,54 @@ async def advance_with_event(
     event_type: str,
     payload: dict,
     key_suffix: str = "",
+    *,
+    only_if_moved: bool = False,
 ) -> None:
-    """Move the order forward and record the fact once, in one transaction."""
-    async with transaction():
-        await advance_state(order_id, new_state, from_states)
-        await record_fact(order_id, event_type, payload, key_suffix)
+    """Move the order forward and record the fact once, in one statement: atomic like a
+    transaction, but one round trip where BEGIN, UPDATE, INSERT and COMMIT took four (the steps
+    write this after every successful call). With `only_if_moved` the fact is recorded only by
+    the call that moved the order."""
+    now = utc_now()
+    finished = ", finished_at = {}" if new_state in TERMINAL_STATES else ""
+    fact = "SELECT {}, id, {}, {}::jsonb, {} FROM moved" if only_if_moved else "VALUES ({}, {}, {}, {}::jsonb, {})"
+    fact_values = [f"{order_id}:{event_type}{key_suffix}"]
+    fact_values += [event_type] if only_if_moved else [order_id, event_type]
+    await Order.raw(
+        "WITH moved AS (UPDATE orders SET state = {}, updated_at = {}" + finished
+        + " WHERE id = {} AND state = ANY({}::varchar[]) RETURNING id)"
+        " INSERT INTO events (event_key, order_id, type, payload_json, ts) " + fact
+        + " ON CONFLICT (event_key) DO NOTHING",
+        new_state,
+        now,
+        *([now] if finished else []),
+        order_id,
+        list(from_states),
+        *fact_values,
+        json.dumps(payload),
+        now,
+    )
+
+
+async def insert_order_with_event(order: Order, event_type: str, payload: dict) -> bool:
+    """Insert the order unless it exists and, only when this call inserted it, record the fact:
+    one statement, like advance_with_event. True when this call inserted it."""
+    inserted = await Order.raw(
+        "WITH new AS (INSERT INTO orders (id, state, payment_id, items_json, address_json, reason,"
+        " created_at, updated_at, started_at) VALUES ({}, {}, {}, {}::jsonb, {}::jsonb, '', {}, {}, {})"
+        " ON CONFLICT (id) DO NOTHING RETURNING id)"
+        " INSERT INTO events (event_key, order_id, type, payload_json, ts)"
+        " SELECT {}, id, {}, {}::jsonb, {} FROM new ON CONFLICT (event_key) DO NOTHING RETURNING order_id",
+        order.id,
+        order.state,
+        order.payment_id,
+        json.dumps(order.items_json),
+        None if order.address_json is None else json.dumps(order.address_json),
+        order.created_at,
+        order.updated_at,
+        order.started_at,
+        f"{order.id}:{event_type}",
+        event_type,
+        json.dumps(payload),
+        order.created_at,
+    )
+    return bool(inserted)

@@ -71,6 +71,11 @@ async def test_receiving_twice_keeps_one_order_and_one_event(database, flaky_suc
     await received_order(order_id)
     assert await Order.count().where(Order.id == order_id) == 1
     assert await events_of(order_id) == ["order_received"]
+    row = await Order.select().where(Order.id == order_id).first().output(load_json=True)
+    assert row["items_json"] == [{"sku": "ABC", "qty": 2}] and row["address_json"]["city"] == HOME.city
+    assert row["started_at"] is not None and row["finished_at"] is None
+    [event] = await Event.select(Event.payload_json).where(Event.order_id == order_id).output(load_json=True)
+    assert event["payload_json"]["items"] == [{"sku": "ABC", "qty": 2}]
 
 
 async def test_charging_twice_charges_once_and_reports_the_duplicate(database, flaky_succeeds, order_id):
@@ -142,7 +147,7 @@ async def test_a_shipped_order_stays_shipped(database, flaky_succeeds, order_id)
     await business.order_shipped(order_id)
     await business.close_order(order_id, CANCELLED, "too late", f"pay-{order_id}", [])
     row = await Order.select().where(Order.id == order_id).first()
-    assert row["state"] == SHIPPED
+    assert row["state"] == SHIPPED and row["finished_at"] is not None
     assert await events_of(order_id) == [
         "order_received", "order_validated", "payment_charged", "package_prepared",
         "carrier_dispatched", "order_shipped",

@@ -34,7 +34,9 @@ from orchestration.models import (
 from orchestration.records import (
     BusinessRuleViolation,
     advance_state,
+    advance_with_event,
     fetch_order,
+    insert_order_with_event,
     insert_once,
     parsed_time,
     record_event,
@@ -76,13 +78,9 @@ async def _insert_order(
         updated_at=now,
         started_at=parsed_time(started_at) or now,
     )
-    async with transaction():
-        if await insert_once(order, Order.id):
-            await record_fact(
-                order_id,
-                "order_received",
-                {"payment_id": payment_id, "items": items_json, "address": address_json},
-            )
+    await insert_order_with_event(
+        order, "order_received", {"payment_id": payment_id, "items": items_json, "address": address_json}
+    )
     return {"order_id": order_id, "items": items_json}
 
 
@@ -100,9 +98,7 @@ async def _validate_order(order_id: str) -> bool:
     bad = [item for item in items if int(item.get("qty", 0)) < 1]
     if bad:
         raise BusinessRuleViolation(f"every item needs a quantity of at least 1: {bad}")
-    async with transaction():
-        if await advance_state(order_id, VALIDATED, [RECEIVED]):
-            await record_fact(order_id, "order_validated", {})
+    await advance_with_event(order_id, VALIDATED, [RECEIVED], "order_validated", {}, only_if_moved=True)
     return True
 
 
@@ -193,14 +189,8 @@ async def _refund_state(order_id: str, payment_id: str) -> dict[str, Any]:
 async def order_shipped(order_id: str) -> str:
     outside_call_starts()
     await flaky_call()
-    await record(_mark_shipped(order_id))
+    await record(advance_with_event(order_id, SHIPPED, [DISPATCHED], "order_shipped", {}, only_if_moved=True))
     return "Shipped"
-
-
-async def _mark_shipped(order_id: str) -> None:
-    async with transaction():
-        if await advance_state(order_id, SHIPPED, [DISPATCHED]):
-            await record_fact(order_id, "order_shipped", {})
 
 
 async def record_address(order_id: str, address: Address, version: int) -> None:
