@@ -216,7 +216,10 @@ class StepActivities:
         )
         self.failure_log.add(
             order_id,
-            f"{info.workflow_id}:{info.activity_id}:{info.attempt}",
+            f"{info.workflow_id}:{info.activity_id}",
+            info.activity_type,
+            info.attempt,
+            message,
             {
                 "step": info.activity_type,
                 "attempt": info.attempt,
@@ -228,8 +231,11 @@ class StepActivities:
 
     async def _earlier_failures(self, order_id: str) -> list[ErrorRecord]:
         info = activity.info()
-        # The earlier attempts ran in this worker (a local activity retries where it runs), so
-        # their records are written or queued here.
+        known = self.failure_log.take_earlier_failures(f"{info.workflow_id}:{info.activity_id}", info.attempt)
+        if known is not None:
+            return known
+        # Some ran in another process (this one started since): read them, this process's own
+        # records written first.
         await self.failure_log.written()
         rows = (
             await Event.select(Event.payload_json, Event.ts)

@@ -7,14 +7,20 @@ retrying steps from them; no decision depends on them), so an attempt does not w
 record: the record joins the next write, which takes every record that came in while the one
 before it ran. When idle, a record is written at once; under load, one write carries many.
 A worker killed meanwhile loses the records not yet written, as it could lose a write in flight.
+
+A local activity retries in the worker that runs it, so the attempt that finally succeeds finds
+its step's earlier failures here, kept in memory, and reads the table only when this process
+did not see them all (it started after they happened).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import Optional
 
+from orchestration.models import ErrorRecord
 from orchestration.policy import FAILURE_RECORD_TIMEOUT_SECONDS
 from orchestration.records import utc_now
 from orchestration.tables import Event
@@ -22,6 +28,9 @@ from orchestration.tables import Event
 logger = logging.getLogger(__name__)
 
 ATTEMPT_FAILED = "attempt_failed"
+# Steps whose failures are kept in memory; a step that never succeeds leaves its entry behind,
+# so the oldest go first. Far more than the steps running at once.
+STEPS_REMEMBERED = 10_000
 
 
 class FailedAttemptLog:
@@ -34,18 +43,39 @@ class FailedAttemptLog:
         """Resolved once the queued records have been written (or given up)."""
         self._in_flight_written: Optional[asyncio.Future[None]] = None
         self._writer: Optional[asyncio.Task[None]] = None
+        self._by_step: OrderedDict[str, list[ErrorRecord]] = OrderedDict()
+        """Failed attempts per step (its key, below), in the order they were added."""
 
-    def add(self, order_id: str, event_key: str, payload: dict) -> None:
-        """Queue one failed attempt's record; it is written once, however often it is added."""
+    def add(self, order_id: str, step_key: str, step: str, attempt: int, message: str, payload: dict) -> None:
+        """Queue one failed attempt's record; it is written once, however often it is added.
+        `step_key` names one run of a step (workflow id and activity id)."""
         if not self._queued:
             self._queued_written = asyncio.get_running_loop().create_future()
+        now = utc_now()
         self._queued.append(
             Event(
-                event_key=event_key, order_id=order_id, type=ATTEMPT_FAILED, payload_json=payload, ts=utc_now()
+                event_key=f"{step_key}:{attempt}",
+                order_id=order_id,
+                type=ATTEMPT_FAILED,
+                payload_json=payload,
+                ts=now,
             )
         )
+        self._by_step.setdefault(step_key, []).append(ErrorRecord(step, attempt, message, now.isoformat()))
+        self._by_step.move_to_end(step_key)
+        while len(self._by_step) > STEPS_REMEMBERED:
+            self._by_step.popitem(last=False)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued())
+
+    def take_earlier_failures(self, step_key: str, attempt: int) -> Optional[list[ErrorRecord]]:
+        """The failures of attempts 1 to `attempt - 1` of a step, forgotten once taken; None when
+        this process did not see them all."""
+        # An attempt re-run after a lost workflow task adds its failure again: the last one counts.
+        by_attempt = {failure.attempt: failure for failure in self._by_step.pop(step_key, [])}
+        if sorted(by_attempt) != list(range(1, attempt)):
+            return None
+        return [by_attempt[n] for n in sorted(by_attempt)]
 
     async def written(self) -> None:
         """Return once every record added so far has been written, or given up on."""
