@@ -34,6 +34,12 @@ PROCESS_KINDS: list[tuple[str, Callable[[list[str]], bool]]] = [
         or argv[0].startswith("postgres:")
         or any(arg.endswith("local_postgres.py") for arg in argv),
     ),
+    # honcho prints every log line of the others; scripts/start adds a relay behind it.
+    (
+        "honcho and log relay",
+        lambda argv: any(Path(arg).name == "honcho" for arg in argv[:2])
+        or (argv[1:2] == ["-c"] and "os.read(0" in argv[2]),
+    ),
 ]
 
 
