@@ -4,8 +4,9 @@ A step fails about two attempts in three, so these records are most of a worker'
 one written on its own cost a pooled connection, a round trip and the SQL built anew: 15 % of
 the order worker's busy time under load (py-spy). They are diagnostics (the status and the
 board read retrying steps from them; no decision depends on them), so an attempt does not wait
-for its record: the record joins the next write, which takes every record that came in while the one
-before it ran. When idle, a record is written at once; under load, one write carries many.
+for its record: the record joins the next write, which takes every record that came in while
+the one before it ran. When idle, a record is written at once; under load, one write carries
+many.
 A worker killed meanwhile loses the records not yet written, as it could lose a write in flight.
 
 A local activity retries in the worker that runs it, so the attempt that finally succeeds finds
