@@ -36,7 +36,7 @@ from orchestration.policy import OrderPolicy
 from orchestration.settings import Settings, TemporalSettings, get_settings
 from orchestration.tables import Order, Payment
 from web.app import create_app
-from web.admission import ACTIVE_ORDERS_QUERY
+from web.admission import RUNNING_ORDERS_QUERY
 
 HOME = {"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
 OFFICE = {
@@ -350,7 +350,7 @@ async def busy_order(client: Client) -> WorkflowHandle:
         search_attributes=TypedSearchAttributes([SearchAttributePair(ORDER_PARKED_ATTRIBUTE, False)]),
     )
     # The count comes from Temporal's visibility, which follows a start within moments.
-    while not (await client.count_workflows(f"{ACTIVE_ORDERS_QUERY} AND WorkflowId = '{handle.id}'")).count:
+    while not (await client.count_workflows(f"{RUNNING_ORDERS_QUERY} AND WorkflowId = '{handle.id}'")).count:
         await asyncio.sleep(0.05)
     return handle
 

@@ -24,15 +24,27 @@ from orchestration.settings import WebSettings
 from web.overview import AdmissionSnapshot
 from web.problems import CALL_TIMEOUT, DependencyUnavailable, temporal_call
 
-# Orders doing work: running, and not parked waiting for a person.
-ACTIVE_ORDERS_QUERY = (
-    "WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Running' AND "
-    f"{ORDER_PARKED_ATTRIBUTE.name} = false"
-)
+# Orders doing work: the running ones, less those parked waiting for a person. Asking for the
+# unparked ones at once (OrderParked = false) makes SQLite's visibility store scan every order
+# that ever ran, since the ended ones keep false: 3.5 ms of server CPU per count with 600 orders
+# in its history, 8.3 ms with 5,700, at ten counts a second when starts wait. Each of these two
+# counts uses an index: about 1.2 ms, however long the history.
+RUNNING_ORDERS_QUERY = "WorkflowType = 'OrderWorkflow' AND ExecutionStatus = 'Running'"
+PARKED_ORDERS_QUERY = f"{RUNNING_ORDERS_QUERY} AND {ORDER_PARKED_ATTRIBUTE.name} = true"
 IN_FLIGHT_RECOUNT_SECONDS = 0.1
 # Orders end within 15 s, and at the limit about one ends every few hundred milliseconds, so a
 # refused start may try again almost at once.
 AT_CAPACITY_RETRY_AFTER_SECONDS = 1
+
+
+async def orders_doing_work(client: Client) -> int:
+    """Orders running and not parked at review, as Temporal's visibility counts them. The two
+    counts are not taken at one instant: an order parking in between is off by one for a moment."""
+    running, parked = await asyncio.gather(
+        client.count_workflows(RUNNING_ORDERS_QUERY, rpc_timeout=CALL_TIMEOUT),
+        client.count_workflows(PARKED_ORDERS_QUERY, rpc_timeout=CALL_TIMEOUT),
+    )
+    return max(running.count - parked.count, 0)
 
 
 class Admission:
@@ -90,11 +102,9 @@ class Admission:
             if time.monotonic() - counted_at < IN_FLIGHT_RECOUNT_SECONDS:
                 return count
             async with temporal_call():
-                running = await client.count_workflows(
-                    ACTIVE_ORDERS_QUERY, rpc_timeout=CALL_TIMEOUT
-                )
-            self._in_flight = (time.monotonic(), running.count)
-            return running.count
+                doing_work = await orders_doing_work(client)
+            self._in_flight = (time.monotonic(), doing_work)
+            return doing_work
 
     def snapshot(self, window_seconds: float) -> AdmissionSnapshot:
         """Places in use, starts waiting, and starts refused in the last `window_seconds`."""
