@@ -33,7 +33,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from orchestration.metrics import ATTEMPT_TIMED_OUT_ERROR, ActivityCounter
 from orchestration.models import ErrorRecord
-from orchestration.failure_log import ATTEMPT_FAILED, FailedAttemptLog
+from orchestration.failure_log import ATTEMPT_FAILED, FailedAttemptLog, step_key_of
 from orchestration.policy import ATTEMPT_BACKSTOP_SECONDS, BUSINESS_RULE_VIOLATION, DEADLINE_EXCEEDED_ERROR
 from orchestration.records import BusinessRuleViolation
 from orchestration.tables import Event
@@ -215,23 +215,13 @@ class StepActivities:
             },
         )
         self.failure_log.add(
-            order_id,
-            f"{info.workflow_id}:{info.activity_id}",
-            info.activity_type,
-            info.attempt,
-            message,
-            {
-                "step": info.activity_type,
-                "attempt": info.attempt,
-                "error": message,
-                "workflow_id": info.workflow_id,
-                "activity_id": info.activity_id,
-            },
+            order_id, info.workflow_id, info.activity_id, info.activity_type, info.attempt, message
         )
 
     async def _earlier_failures(self, order_id: str) -> list[ErrorRecord]:
         info = activity.info()
-        known = self.failure_log.take_earlier_failures(f"{info.workflow_id}:{info.activity_id}", info.attempt)
+        step_key = step_key_of(info.workflow_id, info.activity_id)
+        known = self.failure_log.take_earlier_failures(step_key, info.attempt)
         if known is not None:
             return known
         # Some ran in another process (this one started since): read them, this process's own
@@ -242,7 +232,7 @@ class StepActivities:
             .where(
                 (Event.order_id == order_id)
                 & (Event.type == ATTEMPT_FAILED)
-                & Event.event_key.like(f"{info.workflow_id}:{info.activity_id}:%")
+                & Event.event_key.like(f"{step_key}:%")
             )
             .order_by(Event.id)
             .output(load_json=True)

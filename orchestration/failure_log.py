@@ -34,6 +34,11 @@ ATTEMPT_FAILED = "attempt_failed"
 STEPS_REMEMBERED = 10_000
 
 
+def step_key_of(workflow_id: str, activity_id: str) -> str:
+    """What names one run of a step: its events' keys start with it."""
+    return f"{workflow_id}:{activity_id}"
+
+
 class FailedAttemptLog:
     """The `attempt_failed` events of one worker process, queued and written in batches."""
 
@@ -47,20 +52,18 @@ class FailedAttemptLog:
         self._by_step: OrderedDict[str, list[ErrorRecord]] = OrderedDict()
         """Failed attempts per step (its key, below), in the order they were added."""
 
-    def add(self, order_id: str, step_key: str, step: str, attempt: int, message: str, payload: dict) -> None:
-        """Queue one failed attempt's record; it is written once, however often it is added.
-        `step_key` names one run of a step (workflow id and activity id)."""
+    def add(self, order_id: str, workflow_id: str, activity_id: str, step: str, attempt: int, message: str) -> None:
+        """Queue the record of one failed attempt of a step (one run of an activity, named by
+        its workflow and activity ids); it is written once, however often it is added."""
         if not self._queued:
             self._queued_written = asyncio.get_running_loop().create_future()
         now = utc_now()
+        step_key = step_key_of(workflow_id, activity_id)
+        payload = {
+            "step": step, "attempt": attempt, "error": message, "workflow_id": workflow_id, "activity_id": activity_id,
+        }
         self._queued.append(
-            Event(
-                event_key=f"{step_key}:{attempt}",
-                order_id=order_id,
-                type=ATTEMPT_FAILED,
-                payload_json=payload,
-                ts=now,
-            )
+            Event(event_key=f"{step_key}:{attempt}", order_id=order_id, type=ATTEMPT_FAILED, payload_json=payload, ts=now)
         )
         self._by_step.setdefault(step_key, []).append(ErrorRecord(step, attempt, message, now.isoformat()))
         self._by_step.move_to_end(step_key)

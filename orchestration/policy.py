@@ -74,8 +74,8 @@ ADMISSION_LIMIT = 12
 """Orders doing work at once (orders parked at review, waiting for a person, do not count).
 Measured on 2 cores: the system carries about 7 orders/s whatever the limit past 10, and an
 order takes about 1.1 s (p50) at 10 in flight and 1.5 s at 14; 12 keeps the CPU full (94 % in
-the README's run) with p99 near 2 s. Past the machine's capacity every order would be late; at the limit a new
-start waits instead."""
+the README's run) with p99 near 2 s. Past the machine's capacity every order would be late; at
+the limit a new start waits instead."""
 ADMISSION_WAIT_SECONDS = 20.0
 """How long a start may wait for a place at the limit before it is refused with 503. Long
 enough that a client waits about as long as the queue ahead of it takes (50 clients at

@@ -82,20 +82,20 @@ async def advance_with_event(
     the call that moved the order."""
     now = utc_now()
     finished = ", finished_at = {}" if new_state in TERMINAL_STATES else ""
-    fact = "SELECT {}, id, {}, {}::jsonb, {} FROM moved" if only_if_moved else "VALUES ({}, {}, {}, {}::jsonb, {})"
-    fact_values = [f"{order_id}:{event_type}{key_suffix}"]
-    fact_values += [event_type] if only_if_moved else [order_id, event_type]
     await Order.raw(
         "WITH moved AS (UPDATE orders SET state = {}, updated_at = {}" + finished
         + " WHERE id = {} AND state = ANY({}::varchar[]) RETURNING id)"
-        " INSERT INTO events (event_key, order_id, type, payload_json, ts) " + fact
+        " INSERT INTO events (event_key, order_id, type, payload_json, ts)"
+        " SELECT {}, {}, {}, {}::jsonb, {}" + (" FROM moved" if only_if_moved else "")
         + " ON CONFLICT (event_key) DO NOTHING",
         new_state,
         now,
         *([now] if finished else []),
         order_id,
         list(from_states),
-        *fact_values,
+        f"{order_id}:{event_type}{key_suffix}",
+        order_id,
+        event_type,
         json.dumps(payload),
         now,
     )

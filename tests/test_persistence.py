@@ -26,7 +26,7 @@ from orchestration.records import BusinessRuleViolation
 from orchestration.shipping import business as shipping_business
 from orchestration.shipping.activities import ShippingActivities
 from orchestration.database import connections_in_use
-from orchestration.failure_log import FailedAttemptLog
+from orchestration.failure_log import FailedAttemptLog, step_key_of
 from orchestration.models import (
     CANCELLED,
     SHIPPED,
@@ -196,14 +196,14 @@ async def test_failed_attempts_queued_together_are_all_recorded_once(database, o
     attempt) is stored once; written() returns only once they are all in the table."""
     log = FailedAttemptLog()
     for attempt in range(1, 41):
-        log.add(order_id, f"wf-{order_id}:1", "validate_order", attempt, "boom", {"attempt": attempt})
-    log.add(order_id, f"wf-{order_id}:1", "validate_order", 1, "boom", {"attempt": 1})
+        log.add(order_id, f"wf-{order_id}", "1", "validate_order", attempt, "boom")
+    log.add(order_id, f"wf-{order_id}", "1", "validate_order", 1, "boom")
     await log.written()
     assert (await events_of(order_id)).count("attempt_failed") == 40
     # Records added while a write runs go into the next one, and written() waits for that too.
-    log.add(order_id, f"wf-{order_id}:2", "charge_payment", 1, "boom", {"attempt": 1})
+    log.add(order_id, f"wf-{order_id}", "2", "charge_payment", 1, "boom")
     await asyncio.sleep(0)
-    log.add(order_id, f"wf-{order_id}:2", "charge_payment", 2, "boom", {"attempt": 2})
+    log.add(order_id, f"wf-{order_id}", "2", "charge_payment", 2, "boom")
     await log.written()
     assert (await events_of(order_id)).count("attempt_failed") == 42
 
@@ -211,14 +211,14 @@ async def test_failed_attempts_queued_together_are_all_recorded_once(database, o
 async def test_a_step_finds_its_earlier_failures_in_memory_only_when_it_saw_them_all(database, order_id):
     log = FailedAttemptLog()
     for attempt in (1, 2, 2):  # attempt 2 ran twice (its workflow task was lost)
-        log.add(order_id, f"wf-{order_id}:1", "validate_order", attempt, f"boom {attempt}", {"attempt": attempt})
-    earlier = log.take_earlier_failures(f"wf-{order_id}:1", 3)
+        log.add(order_id, f"wf-{order_id}", "1", "validate_order", attempt, f"boom {attempt}")
+    earlier = log.take_earlier_failures(step_key_of(f"wf-{order_id}", "1"), 3)
     assert [(e.step, e.attempt, e.message) for e in earlier] == [
         ("validate_order", 1, "boom 1"), ("validate_order", 2, "boom 2"),
     ]
-    assert log.take_earlier_failures(f"wf-{order_id}:1", 3) is None  # taken once
-    log.add(order_id, f"wf-{order_id}:2", "validate_order", 2, "boom", {"attempt": 2})  # 1 ran elsewhere
-    assert log.take_earlier_failures(f"wf-{order_id}:2", 3) is None
+    assert log.take_earlier_failures(step_key_of(f"wf-{order_id}", "1"), 3) is None  # taken once
+    log.add(order_id, f"wf-{order_id}", "2", "validate_order", 2, "boom")  # 1 ran elsewhere
+    assert log.take_earlier_failures(step_key_of(f"wf-{order_id}", "2"), 3) is None
     await log.written()
 
 
@@ -227,11 +227,11 @@ async def test_a_failed_write_of_attempt_records_is_logged_and_the_next_still_go
 ):
     log = FailedAttemptLog()
     # A record the table refuses (the key is longer than its column) fails the whole write.
-    log.add(order_id, "x" * 300, "validate_order", 1, "boom", {"attempt": 1})
+    log.add(order_id, "x" * 300, "1", "validate_order", 1, "boom")
     await log.written()
     [warning] = [r for r in caplog.records if getattr(r, "event", None) == "failure_not_recorded"]
     assert warning.records == 1 and order_id in warning.order_ids
-    log.add(order_id, f"wf-{order_id}:1", "validate_order", 1, "boom", {"attempt": 1})
+    log.add(order_id, f"wf-{order_id}", "1", "validate_order", 1, "boom")
     await log.written()
     assert await events_of(order_id) == ["attempt_failed"]
 
