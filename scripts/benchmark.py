@@ -52,8 +52,8 @@ if not __package__:
 
 from orchestration.models import FAILED
 from scripts.bench.metrics import attempts_during, scrape_worker_metrics
-from scripts.bench.orders import OrderRecord, Progress, run_order
-from scripts.bench.probes import RowSample, watch_board_rows, watch_overview
+from scripts.bench.orders import OrderRecord, Progress, client_limits, run_order
+from scripts.bench.probes import BoardProbes
 from scripts.bench.report import plot_histogram, report
 from scripts.bench.summary import summarise
 from scripts.drive.api import in_slots
@@ -90,7 +90,8 @@ async def benchmark(args: argparse.Namespace) -> int:
     floor = run_floor(args) if args.floor else {}
     run_id = args.run_id or uuid.uuid4().hex[:8]
     records = [OrderRecord(f"bench-{run_id}-{i:05d}") for i in range(args.orders)]
-    limits = httpx.Limits(max_connections=args.concurrency + 10, max_keepalive_connections=args.concurrency + 10)
+    # One connection per order in flight: each does one request at a time.
+    limits = client_limits(args.concurrency + 10)
     async with httpx.AsyncClient(base_url=args.url, timeout=args.http_timeout, limits=limits) as client:
         health = await client.get("/health")
         if health.status_code != 200:
@@ -105,27 +106,18 @@ async def benchmark(args: argparse.Namespace) -> int:
         cpu_before, own_before = cpu_seconds_by_kind(processes), own_cpu_seconds()
 
         progress = Progress(total=args.orders)
-        row_samples: list[RowSample] = []
-        status_samples: list[RowSample] = []
-        overview_samples: list[RowSample] = []
-        board: dict[str, Any] = {}
+        probes = BoardProbes(args.url, args.http_timeout, args.row_interval, progress)
         began = time.monotonic()
         print(f"benchmark: run {run_id}, {args.orders} orders, {args.concurrency} in flight, against {args.url}",
               file=sys.stderr, flush=True)
-        helpers = [
-            asyncio.create_task(report_progress(progress, began)),
-            asyncio.create_task(watch_board_rows(
-                client, progress, row_samples, board, args.row_interval, status_samples
-            )),
-            asyncio.create_task(watch_overview(client, progress, overview_samples, args.row_interval)),
-        ]
+        reporting = asyncio.create_task(report_progress(progress, began))
+        probes.start()
         try:
             await in_slots(records, args.concurrency, lambda record: run_order(client, record, args, progress),
                            httpx.HTTPError)
         finally:
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            reporting.cancel()
+            timings = await probes.stop()
         wall_seconds = time.monotonic() - began
         cpu_after, own_after = cpu_seconds_by_kind(processes), own_cpu_seconds()
         metrics_after_run = await scrape_worker_metrics(client, args.metrics_url)
@@ -136,7 +128,9 @@ async def benchmark(args: argparse.Namespace) -> int:
 
     cpu = {kind: cpu_after.get(kind, 0.0) - cpu_before.get(kind, 0.0) for kind, _ in PROCESS_KINDS if kind in cpu_before}
     cpu["benchmark client"] = own_after - own_before
-    summary = summarise(records, wall_seconds, row_samples, status_samples, overview_samples,
+    cpu["benchmark board probes"] = timings.cpu_seconds
+    board = timings.board
+    summary = summarise(records, wall_seconds, timings.rows, timings.statuses, timings.overviews,
                         metrics_after_run, metrics_after_settle,
                         attempts_during(metrics_before, metrics_after_run), cpu, floor)
     text, verdicts = report(summary, cpu, board, args)
@@ -154,7 +148,7 @@ async def benchmark(args: argparse.Namespace) -> int:
             "cpu_seconds": cpu,
             "worker_metrics": {"before": metrics_before, "after_run": metrics_after_run,
                                "after_settle": metrics_after_settle},
-            "row_fragment": {**board, "samples": [asdict(s) for s in row_samples]},
+            "row_fragment": {**board, "samples": [asdict(s) for s in timings.rows]},
             "orders": [asdict(r) for r in records],
         }, indent=2))
         print(f"wrote {args.json_out}")

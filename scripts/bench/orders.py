@@ -22,6 +22,16 @@ CAPACITY_REFUSAL = "orders are being processed"
 # After a failed status request (e.g. 503 while the system is overloaded), wait before the next.
 ERROR_PAUSE_SECONDS = 0.25
 APPROVE_TRIES = 8
+# Idle connections are dropped before uvicorn's 5-s keep-alive ends: at the same 5 s, a request
+# could go out on a connection the server was closing ("Server disconnected").
+KEEPALIVE_SECONDS = 2.0
+
+
+def client_limits(connections: Optional[int] = None) -> httpx.Limits:
+    """An HTTP client's pool: `connections` at once (unbounded if None)."""
+    return httpx.Limits(
+        max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=KEEPALIVE_SECONDS
+    )
 
 
 @dataclass
