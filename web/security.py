@@ -94,7 +94,9 @@ class OperatorAccess:
         expected = self.cookie_value()
         return cookie is not None and hmac.compare_digest(cookie.encode(), expected.encode())
 
-    def require_bearer(self, connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    # The guards are coroutines, though they await nothing: Litestar runs a plain function
+    # guard on a worker thread, a thread hop on every request.
+    async def require_bearer(self, connection: ASGIConnection, _: BaseRouteHandler) -> None:
         """Guard of the JSON API: state-changing requests need the token as a bearer header."""
         if not self.required or connection.scope["method"] in SAFE_METHODS:
             return
@@ -110,7 +112,7 @@ class OperatorAccess:
             headers={"WWW-Authenticate": "Bearer"},
         )
 
-    def require_login(self, connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    async def require_login(self, connection: ASGIConnection, _: BaseRouteHandler) -> None:
         """Guard of the board: actions need the cookie that logging in sets."""
         if not self.required or connection.scope["method"] in SAFE_METHODS:
             return
