@@ -76,6 +76,13 @@ Measured on 2 cores: the system carries about 7 orders/s whatever the limit past
 order takes about 1.1 s (p50) at 10 in flight and 1.5 s at 14; 12 keeps the CPU full (94 % in
 the README's run) with p99 near 2 s. Past the machine's capacity every order would be late; at
 the limit a new start waits instead."""
+OPEN_ORDERS_LIMIT = 40
+"""Orders running at once, those parked at review included. A parked order costs nothing while
+it waits, but each one approved must then finish inside what is left of its 15 s: approved as
+review ends (6 s), it has 6 s before the 3-s reserve, in which the machine carries about
+6 × 7 ≈ 40 orders, those already doing work among them. Without this bound, 100 orders parked at
+once and approved together (the benchmark at C=100, approving 4 s after the start) made 53-68
+of 300 fail their deadline and 1-2 % end after their 15 s."""
 ADMISSION_WAIT_SECONDS = 20.0
 """How long a start may wait for a place at the limit before it is refused with 503. Long
 enough that a client waits about as long as the queue ahead of it takes (50 clients at

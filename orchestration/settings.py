@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from orchestration.policy import (
     ADMISSION_LIMIT,
+    OPEN_ORDERS_LIMIT,
     ADMISSION_WAIT_SECONDS,
     ATTEMPT_BACKSTOP_SECONDS,
     ATTEMPT_CUT_OFF_SECONDS,
@@ -159,8 +160,10 @@ class WebSettings:
     max_orders_in_flight: int = field(
         default_factory=lambda: _env_int("MAX_ORDERS_IN_FLIGHT", ADMISSION_LIMIT)
     )
-    """New orders wait for a free place, then are refused (503), while this many run; 0: no limit
-    (MAX_ORDERS_IN_FLIGHT)."""
+    """New orders wait for a free place, then are refused (503), while this many do work (parked
+    ones not counted); 0: no limit (MAX_ORDERS_IN_FLIGHT)."""
+    max_orders_open: int = field(default_factory=lambda: _env_int("MAX_ORDERS_OPEN", OPEN_ORDERS_LIMIT))
+    """The same while this many run, parked ones counted; 0: no limit (MAX_ORDERS_OPEN)."""
     admission_wait_seconds: float = field(
         default_factory=lambda: _env_float("ADMISSION_WAIT_SECONDS", ADMISSION_WAIT_SECONDS)
     )

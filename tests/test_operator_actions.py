@@ -19,7 +19,7 @@ from orchestration.models import AWAITING_ADDRESS, AWAITING_APPROVAL, CANCELLED,
 from orchestration.order.workflow import OrderWorkflow
 from orchestration.settings import get_settings
 from orchestration.tables import Payment
-from tests.test_api import api, limited_to_one_order, new_order_id, order_row, serving  # noqa: F401 (api: fixture)
+from tests.test_api import api, limited_to_one_order, new_order_id, order_row, serving, workflow_exists  # noqa: F401 (api: fixture)
 from web.app import create_app
 from web.admission import orders_doing_work
 
@@ -181,7 +181,11 @@ async def test_orders_waiting_for_a_person_hold_no_admission_place(
         await asyncio.sleep(0.05)
     assert (await workers.count_workflows(parked_query)).count == 20
 
-    app = create_app(temporal_client=workers, settings=limited_to_one_order(5), manage_pool=False)
+    settings = limited_to_one_order(5)
+    # The doing-work limit alone: twenty parked orders and those of earlier tests may pass the
+    # open-orders one.
+    settings = dataclasses.replace(settings, web=dataclasses.replace(settings.web, max_orders_open=0))
+    app = create_app(temporal_client=workers, settings=settings, manage_pool=False)
     newcomer = new_order_id()
     async with serving(app) as limited:
         asked_at = time.monotonic()
@@ -192,3 +196,29 @@ async def test_orders_waiting_for_a_person_hold_no_admission_place(
     await asyncio.gather(
         *(api.post(f"/orders/{order_id}/signals/cancel") for order_id in [*parked_ids, newcomer])
     )
+
+
+async def test_orders_waiting_for_a_person_count_against_the_open_orders_limit(
+    api: httpx.AsyncClient, workers: Client
+) -> None:
+    """A parked order does no work, but once approved it must finish inside its 15 s: with
+    MAX_ORDERS_OPEN=1 (and no doing-work limit) and an order parked at review, a new start waits
+    its ADMISSION_WAIT_SECONDS and is refused with a sentence saying why."""
+    parked_id = new_order_id()
+    started = await api.post(f"/orders/{parked_id}/start", json={"payment_id": f"p-{parked_id}"})
+    assert started.status_code == 201, started.text
+    await until_parked(api, parked_id)
+    settings = get_settings()
+    settings = dataclasses.replace(settings, web=dataclasses.replace(
+        settings.web, max_orders_in_flight=0, max_orders_open=1, admission_wait_seconds=0.5
+    ))
+    app = create_app(temporal_client=workers, settings=settings, manage_pool=False)
+    refused_id = new_order_id()
+    async with serving(app) as limited:
+        refused = await limited.post(f"/orders/{refused_id}/start", json={"payment_id": f"p-{refused_id}"})
+    await api.post(f"/orders/{parked_id}/signals/cancel")
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1"
+    detail = refused.json()["detail"]
+    assert "waiting for review" in detail and "the most this system takes at once (1)" in detail, detail
+    assert not await workflow_exists(workers, refused_id)

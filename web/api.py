@@ -104,7 +104,8 @@ class OrderController(Controller):
     @post(
         "/{order_id:str}/start",
         summary="Start an order's workflow",
-        description="While MAX_ORDERS_IN_FLIGHT orders run, the request waits up to "
+        description="While MAX_ORDERS_IN_FLIGHT orders do work, or MAX_ORDERS_OPEN run (those "
+        "waiting for review included), the request waits up to "
         "ADMISSION_WAIT_SECONDS for one of them to end; still at capacity, it answers 503 with "
         "Retry-After. The order's deadline counts from the 201.",
         responses=errors(401, 409, 413, 422, 503),

@@ -17,8 +17,8 @@ from orchestration.models import TERMINAL_STATES
 from scripts.drive.api import start_body
 
 PROMISE_SECONDS = 15.0
-# A 503 at the admission limit says this (web/service.py); any other 503 is an outage.
-CAPACITY_REFUSAL = "orders are being processed"
+# A 503 at an admission limit says this (web/admission.py); any other 503 is an outage.
+CAPACITY_REFUSAL = "the most this system takes at once"
 # After a failed status request (e.g. 503 while the system is overloaded), wait before the next.
 ERROR_PAUSE_SECONDS = 0.25
 APPROVE_TRIES = 8
