@@ -12,8 +12,10 @@ import asyncio
 import dataclasses
 import html
 import re
+import time
 import uuid
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from typing import AsyncIterator
 
 import asyncpg
@@ -23,8 +25,10 @@ import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
 from orchestration.settings import get_settings
+from orchestration.tables import Order
 from tests.test_api import serving, workflow_exists
 from web.app import create_app
+from web.board import FIRST_STATUS_WAIT_SECONDS
 
 HTMX = {"HX-Request": "true"}
 TRY_AGAIN = re.compile(r"^[A-Z].*; try again in (\d+) seconds?\.$")
@@ -149,6 +153,39 @@ async def test_status_of_an_order_no_worker_runs_answers_503(
     client, order_id = unserved_order
     detail = unavailable_detail(await client.get(f"/orders/{order_id}/status"))
     assert detail.startswith("Temporal did not answer") and "worker" in detail
+
+
+async def test_row_of_a_received_order_no_worker_runs_answers_from_the_database_then_reports_it(
+    unserved_order: tuple[httpx.AsyncClient, str],
+) -> None:
+    """The order worker went away after the order was received: the database knows the order,
+    and Temporal's status query waits for a worker until it gives up. The row answers from the
+    database at once, says its live status is loading and keeps polling; once the query has
+    failed, the row's next poll reports that (htmx puts it in the page's alert area)."""
+    client, order_id = unserved_order
+    now = datetime.now(timezone.utc)
+    await Order.insert(Order(
+        id=order_id, state="received", payment_id=f"pay-{order_id}", items_json=[{"sku": "ABC", "qty": 1}],
+        created_at=now, updated_at=now, started_at=now,
+    ))
+    try:
+        asked_at = time.monotonic()
+        first = await client.get(f"/board/orders/{order_id}/row", headers=HTMX)
+        took = time.monotonic() - asked_at
+        assert first.status_code == 200, first.text
+        assert "live status loading" in first.text and 'data-state="received"' in first.text
+        assert "hx-trigger" in first.text, "a loading row keeps polling"
+        assert took < FIRST_STATUS_WAIT_SECONDS + 1, f"the row waited {took:.1f} s for Temporal"
+        for _ in range(40):
+            await asyncio.sleep(0.5)
+            polled = await client.get(f"/board/orders/{order_id}/row", headers=HTMX)
+            if polled.status_code != 200:
+                break
+            assert "live status loading" in polled.text
+        assert "Temporal" in unavailable_detail(polled)
+        assert polled.headers["hx-retarget"] == "#alerts"
+    finally:
+        await Order.delete().where(Order.id == order_id)
 
 
 async def test_board_of_an_order_no_worker_runs_answers_503(

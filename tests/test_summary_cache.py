@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from web.summary_cache import RefreshingCache
+from web.summary_cache import NotLoadedYet, RefreshingCache
 
 REFRESH_AFTER = 0.1
 MAX_AGE = 0.4
@@ -106,3 +106,28 @@ async def test_the_oldest_entries_go_beyond_max_entries() -> None:
         await cache.get(key)
     assert cache.age("a") is None
     assert cache.age("b") is not None and cache.age("c") is not None
+
+
+async def test_a_caller_that_waits_briefly_learns_the_answer_is_not_loaded_yet_and_gets_it_next() -> None:
+    loader = Loader(delay=0.2)
+    cache = cache_of(loader)
+    with pytest.raises(NotLoadedYet):
+        await cache.get("a", wait=0.01)
+    # The load went on behind the caller, and the next one shares it rather than start another.
+    assert await cache.get("a", wait=1) == "a:1"
+    assert loader.loads == ["a"]
+
+
+async def test_a_caller_that_waits_briefly_learns_the_previous_load_failed() -> None:
+    loader = Loader(delay=0.05)
+    loader.fail = True
+    cache = cache_of(loader)
+    with pytest.raises(NotLoadedYet):
+        await cache.get("a", wait=0.01)
+    await asyncio.sleep(0.1)
+    with pytest.raises(RuntimeError, match="temporal did not answer"):
+        await cache.get("a", wait=0.01)
+    loader.fail = False
+    await asyncio.sleep(0.1)
+    # The failure is forgotten once a load succeeds.
+    assert await cache.get("a", wait=0.01) == "a:2"

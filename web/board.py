@@ -47,6 +47,7 @@ from web.html_errors import HTML_EXCEPTION_HANDLERS
 from web.problems import ActionNotAllowed, OrderConflict, OrderNotFound
 from web.schemas import DEFAULT_LIST_LIMIT
 from web.service import OrderService
+from web.summary_cache import NotLoadedYet
 from web.temporal_gateway import ActionOutcome, shipping_workflow_id_for
 
 T = TypeVar("T")
@@ -56,6 +57,7 @@ HX_STOP_POLLING = 286
 STATUS_AGE_HEADER = "X-Status-Age"
 # A row whose status is older than this says so: the operator sees it is behind, not stuck.
 STALE_STATUS_SECONDS = 3.0
+FIRST_STATUS_WAIT_SECONDS = 0.25
 BOARD_LIMIT = DEFAULT_LIST_LIMIT
 
 BoardFilter = Literal[tuple(BOARD_FILTERS)]  # type: ignore[valid-type]
@@ -80,7 +82,20 @@ async def _rows(order_service: OrderService, orders: list[dict[str, Any]]) -> li
 
 
 async def _row(order_service: OrderService, order_id: str, *, fresh: bool = False) -> OrderRow:
-    return row_from_summary(await order_service.order_summary(order_id, fresh=fresh), _now())
+    """The row from Temporal's status. A poll waits FIRST_STATUS_WAIT_SECONDS at most for the
+    first status of an order the database knows, then shows the database's record (its next
+    poll the status): under load a status query waits behind the order's workflow task, and a
+    hundred new rows waiting for theirs made the board slow where it had something to show."""
+    try:
+        summary = await order_service.order_summary(
+            order_id, fresh=fresh, wait=None if fresh else FIRST_STATUS_WAIT_SECONDS
+        )
+    except NotLoadedYet:
+        if (order := await order_service.order_row(order_id)) is not None:
+            return row_from_record(order, loading=True)
+        # Nothing else to show (or no such order): wait for Temporal's answer.
+        summary = await order_service.order_summary(order_id)
+    return row_from_summary(summary, _now())
 
 
 async def _board_page(

@@ -92,6 +92,8 @@ class OrderRow:
     """The workflow has ended; nothing about the order changes any more."""
     live: bool = True
     """Temporal reported on the order; otherwise the row shows what the database holds."""
+    loading: bool = False
+    """Not live because Temporal's status is on its way, not because Temporal failed."""
     address: Optional[dict[str, Any]] = None
 
     @property
@@ -101,7 +103,7 @@ class OrderRow:
     @property
     def polls(self) -> bool:
         """Whether the row keeps asking for its fragment."""
-        return not self.closed and (self.live or self.state not in TERMINAL_STATES)
+        return not self.closed and (self.live or self.loading or self.state not in TERMINAL_STATES)
 
     @property
     def time_left_percent(self) -> float:
@@ -147,13 +149,15 @@ def row_from_summary(summary: OrderSummary, now: datetime) -> OrderRow:
     )
 
 
-def row_from_record(order: dict[str, Any]) -> OrderRow:
-    """A row from the database alone, for an order Temporal cannot report on now."""
+def row_from_record(order: dict[str, Any], *, loading: bool = False) -> OrderRow:
+    """A row from the database alone, for an order Temporal cannot report on now, or whose
+    status is still `loading`."""
     return OrderRow(
         order_id=order["id"],
         state=order["state"],
         reason=order["reason"],
         live=False,
+        loading=loading,
         address=order["address"],
     )
 

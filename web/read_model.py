@@ -70,6 +70,13 @@ async def recent_orders(states: Optional[Collection[str]], limit: int) -> list[d
     return [_order_row(row) for row in rows]
 
 
+async def order(order_id: str) -> Optional[dict[str, Any]]:
+    """The order's row alone; None until ReceiveOrder succeeded."""
+    async with database_call():
+        row = await Order.select().where(Order.id == order_id).first().output(load_json=True)
+    return None if row is None else _order_row(row)
+
+
 async def order_record(order_id: str) -> OrderRecord:
     async with database_call():
         order = await Order.select().where(Order.id == order_id).first().output(load_json=True)

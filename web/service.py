@@ -97,8 +97,10 @@ class OrderService:
     async def shipping_attempt_status(self, workflow_id: str) -> Optional[dict[str, Any]]:
         return await self._gateway.shipping_attempt_status(workflow_id)
 
-    async def order_summary(self, order_id: str, *, fresh: bool = False) -> OrderSummary:
-        return await self.summaries.get(order_id, fresh=fresh)
+    async def order_summary(
+        self, order_id: str, *, fresh: bool = False, wait: Optional[float] = None
+    ) -> OrderSummary:
+        return await self.summaries.get(order_id, fresh=fresh, wait=wait)
 
     def summary_age(self, order_id: str) -> Optional[float]:
         return self.summaries.age(order_id)
@@ -130,6 +132,10 @@ class OrderService:
 
     async def order_record(self, order_id: str) -> OrderRecord:
         return await read_model.order_record(order_id)
+
+    async def order_row(self, order_id: str) -> Optional[dict[str, Any]]:
+        """The order as the database holds it; None until ReceiveOrder succeeded."""
+        return await read_model.order(order_id)
 
     async def health(self) -> dict[str, dict[str, Any]]:
         """Whether each dependency answers now, with the error when it does not."""

@@ -103,14 +103,18 @@ class Summaries:
             max_concurrent_refreshes=LIVE_SUMMARY_REFRESHES,
         )
 
-    async def get(self, order_id: str, *, fresh: bool = False) -> OrderSummary:
+    async def get(
+        self, order_id: str, *, fresh: bool = False, wait: Optional[float] = None
+    ) -> OrderSummary:
         """At most LIVE_SUMMARY_MAX_AGE_SECONDS old, usually about one row poll, unless `fresh`
         (after an operator action the row must show its effect). Once the workflow has closed
-        its summary is final and kept, so a finished order costs Temporal nothing afterwards."""
+        its summary is final and kept, so a finished order costs Temporal nothing afterwards.
+        With `wait`, NotLoadedYet when no summary is kept and none came within `wait` seconds
+        (see RefreshingCache.get)."""
         if (final := self._final.get(order_id)) is not None:
             self._final.move_to_end(order_id)
             return final
-        return await self._live.get(order_id, fresh=fresh)
+        return await self._live.get(order_id, fresh=fresh, wait=wait)
 
     def age(self, order_id: str) -> Optional[float]:
         """Seconds since the live summary of an open order was asked of Temporal; 0 for a

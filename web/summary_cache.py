@@ -4,7 +4,8 @@ A board row polls its order every second. Asking Temporal inside each request ti
 answer time to how busy the workers are: a status query waits behind the workflow tasks of
 every order in flight. Serving the last answer and refreshing it behind the request keeps a row
 quick under load; `max_age` bounds how old a shown answer may be, beyond which a request waits
-for a fresh one instead.
+for a fresh one instead. A caller with something else to show (a row has the database's record)
+may wait only briefly for a first answer, and learns of a failed load on its next call.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from typing import Awaitable, Callable, Generic, Hashable, Optional, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+class NotLoadedYet(Exception):
+    """No answer is kept for the key and its load did not finish within the caller's wait."""
 
 
 class RefreshingCache(Generic[K, V]):
@@ -35,12 +40,16 @@ class RefreshingCache(Generic[K, V]):
         self._refresh_slots = asyncio.Semaphore(max_concurrent_refreshes)
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._loading: dict[K, asyncio.Task[V]] = {}
+        self._failed: dict[K, BaseException] = {}
+        """The error of each key's last load, while it has no newer answer."""
 
-    async def get(self, key: K, *, fresh: bool = False) -> V:
+    async def get(self, key: K, *, fresh: bool = False, wait: Optional[float] = None) -> V:
         """The kept answer while it is younger than max_age (refreshed in the background once
         older than refresh_after); otherwise, or when `fresh`, a new answer, shared with any
         load of the same key already under way unless `fresh` (which must see every change made
-        before the call)."""
+        before the call). With `wait`, a new answer is waited for that long at most: then the
+        error of the key's previous load is raised if it failed, else NotLoadedYet, and the load
+        goes on for the next call."""
         entry = self._entries.get(key)
         if entry is not None and not fresh:
             age = time.monotonic() - entry[0]
@@ -48,10 +57,18 @@ class RefreshingCache(Generic[K, V]):
                 if age >= self._refresh_after and key not in self._loading:
                     self._start_load(key, self._refresh_in_slot(key))
                 return entry[1]
+        previous_failure = self._failed.get(key)
         task = None if fresh else self._loading.get(key)
         task = task or self._start_load(key, self._load(key))
         # Shielded: a request that gives up must not cancel a load other requests share.
-        return await asyncio.shield(task)
+        if wait is None:
+            return await asyncio.shield(task)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), wait)
+        except asyncio.TimeoutError:
+            if previous_failure is not None:
+                raise previous_failure from None
+            raise NotLoadedYet(key) from None
 
     def age(self, key: K) -> Optional[float]:
         """Seconds since the kept answer for `key` was loaded; None if none is kept."""
@@ -73,10 +90,14 @@ class RefreshingCache(Generic[K, V]):
             del self._loading[key]
         if task.cancelled():
             return
-        if task.exception() is not None:
+        if (error := task.exception()) is not None:
             # A failed background refresh leaves the kept answer until it is too old; the next
             # request then loads itself and reports the failure.
+            self._failed[key] = error
+            if len(self._failed) > self._max_entries:
+                self._failed.pop(next(iter(self._failed)))
             return
+        self._failed.pop(key, None)
         self._entries[key] = (time.monotonic(), task.result())
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
