@@ -32,6 +32,9 @@ class RowSample:
     in_flight: int
     status_age: Optional[float] = None
     """How old the status the row showed was (the board's X-Status-Age header), seconds."""
+    order_id: str = ""
+    sent_at: float = 0.0
+    """time.monotonic() of the request; with order_id, for finding what a slow answer was."""
 
 
 async def watch_board_rows(
@@ -42,11 +45,13 @@ async def watch_board_rows(
     page does for each row it shows, and time each answer; every STATUS_EVERY polls, time the
     order's full status (GET /orders/{id}/status) too, as a script following it would.
 
-    Which route to time is decided on the first order that ended (its row surely exists): a 404
-    there means the board has no row route, and the order status is timed instead."""
-    while not progress.finished:
+    A row is watched from its order's start, as a board shows a new order's row. Which route to
+    time is decided on the first order started: a 404 there means the board has no row route,
+    and the order status is timed instead."""
+    while not progress.in_flight and not progress.finished:
         await asyncio.sleep(0.05)
-    probe = await client.get(f"/board/orders/{progress.finished[0]}/row")
+    first = next(iter(progress.in_flight), None) or progress.finished[0]
+    probe = await client.get(f"/board/orders/{first}/row")
     if probe.status_code == 404:
         board["route"] = "/orders/{order_id}/status"
         board["note"] = "GET /board/orders/{id}/row answered 404: timed GET /orders/{id}/status instead"
@@ -55,14 +60,9 @@ async def watch_board_rows(
     watched: dict[str, asyncio.Task[None]] = {}
 
     async def watch(order_id: str) -> None:
-        # On the board a new order's row first comes with the new-rows fragment, which asks
-        # Temporal for it; the row then polls. That first answer stands for the fragment and
-        # is not timed.
+        # Every answer is timed, the first one too (a status not loaded yet: the row waits up
+        # to web.board.FIRST_STATUS_WAIT_SECONDS, then shows the database's record).
         route = board["route"].format(order_id=order_id)
-        try:
-            await client.get(route)
-        except httpx.HTTPError:
-            pass
         polls = 0
         # Each row at its own phase, as rows that appeared at different moments poll: a
         # hundred polls fired at the same instant would time this client's own queue.
@@ -71,7 +71,7 @@ async def watch_board_rows(
             if order_id not in progress.in_flight:
                 return
             polls += 1
-            began = time.perf_counter()
+            began, sent_at = time.perf_counter(), time.monotonic()
             try:
                 response = await client.get(route)
                 http_status, age = response.status_code, response.headers.get(STATUS_AGE_HEADER)
@@ -79,7 +79,7 @@ async def watch_board_rows(
                 http_status, age = 0, None
             samples.append(RowSample(
                 time.perf_counter() - began, http_status, len(progress.in_flight),
-                None if age is None else float(age),
+                None if age is None else float(age), order_id, sent_at,
             ))
             if polls % STATUS_EVERY == 1:
                 began = time.perf_counter()
