@@ -57,7 +57,7 @@ HX_STOP_POLLING = 286
 STATUS_AGE_HEADER = "X-Status-Age"
 # A row whose status is older than this says so: the operator sees it is behind, not stuck.
 STALE_STATUS_SECONDS = 3.0
-FIRST_STATUS_WAIT_SECONDS = 0.25
+FIRST_STATUS_WAIT_SECONDS = 0.1
 BOARD_LIMIT = DEFAULT_LIST_LIMIT
 
 BoardFilter = Literal[tuple(BOARD_FILTERS)]  # type: ignore[valid-type]
