@@ -3,8 +3,8 @@
 // New orders reach the board out of band (hx-swap-oob="afterend:#board-head") from two answers
 // that do not know of each other: the new-orders poller's, whose `shown` list was sent before
 // the order reached the page, and the new-order form's. When a poll is under way while the form
-// starts an order, both answers carry it. A poller that a filter change has taken off the page
-// still has its answer swapped too (htmx swaps an answer whose element has left the document).
+// starts an order, both answers carry it. (A poller that a filter change has taken off the page
+// still has its answer swapped, but that answer targets the head of the view it asked for.)
 // The server cannot know what the page shows by then, so the page decides, at the one place
 // where orders come in. The group already shown wins: it keeps itself current by polling, and
 // replacing it could wipe a form the operator has open in it.

@@ -193,6 +193,41 @@ async def test_an_order_is_shown_once_when_a_poll_answered_after_its_start_bring
     assert await still_same_document(page)
 
 
+async def test_a_poll_answered_after_a_filter_change_adds_nothing_to_the_new_view(
+    page: Page, base_url: str, api: httpx.AsyncClient
+) -> None:
+    """The poller of the view of all orders sends a poll; before it is answered, the operator
+    switches to the shipped orders. The answer carries an order in flight, which must not land
+    on the shipped orders' view."""
+    await open_board(page, base_url)
+    held: asyncio.Future[Route] = asyncio.get_running_loop().create_future()
+
+    async def hold_first_poll(route: Route) -> None:
+        if held.done():
+            await route.continue_()
+        else:
+            held.set_result(route)
+
+    await page.route(NEW_ORDERS_POLL, hold_first_poll)
+    poll = await asyncio.wait_for(held, timeout=STEP_MS / 1000)
+    order_id = await start_from_api(api)
+    for _ in range(ORDER_END_MS // 100):
+        if await order_row(order_id):
+            break
+        await asyncio.sleep(0.1)
+    await page.select_option("#state-filter", "shipped")
+    await expect(page).to_have_url(re.compile(r"state=shipped"), timeout=STEP_MS)
+
+    answer = await poll.fetch()
+    assert f'data-order-id="{order_id}"' in await answer.text(), "the poll must bring the order"
+    await poll.fulfill(response=answer)
+    # Nothing to wait for when nothing happens: the answer is swapped within milliseconds.
+    await asyncio.sleep(1)
+    await expect(row(page, order_id)).to_have_count(0)
+    assert await still_same_document(page)
+    await api.post(f"/orders/{order_id}/signals/cancel")
+
+
 async def test_an_order_is_shown_once_when_the_form_answers_after_a_poll_brought_it(
     page: Page, base_url: str
 ) -> None:

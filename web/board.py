@@ -265,7 +265,7 @@ class BoardController(Controller):
         new_orders = [order for order in orders if order["id"] not in known]
         return HTMXTemplate(
             template_name="_new_rows.html",
-            context={"rows": await _rows(order_service, new_orders)},
+            context={"rows": await _rows(order_service, new_orders), "view": view},
         )
 
     @get("/board/orders/{order_id:str}/row")
