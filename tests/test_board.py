@@ -34,6 +34,7 @@ from orchestration.models import (
 from orchestration.settings import get_settings
 from tests.test_api import HOME, OFFICE, order_row, serving, workflow_exists
 from web.app import create_app
+from web.overview import AdmissionSnapshot, overview_from_rows
 from web.board_views import row_from_summary
 from web.schemas import ORDER_STATES
 from web.security import CSRF_HEADER
@@ -530,3 +531,15 @@ def test_row_renders_every_state(app: Litestar, state: str) -> None:
         assert 'value="&lt;b&gt;1 Main&lt;/b&gt;"' in html, "the address form holds the address"
     if state == CANCELLED:
         assert "&lt;i&gt;changed mind&lt;/i&gt;" in html
+
+
+def test_overview_shows_both_admission_bounds(app: Litestar) -> None:
+    """Places doing work, and open orders against MAX_ORDERS_OPEN: with many orders parked at
+    review a start may wait though places are free, and the overview says why."""
+    admission = AdmissionSnapshot(limit=12, in_use=3, waiting=2, refused_in_window=1, open_limit=40, open=40)
+    overview = overview_from_rows([], datetime.now(timezone.utc), 60.0, 15.0, admission)
+    html = app.template_engine.get_template("_overview.html").render(overview=overview)
+    figures = dict(re.findall(r'data-figure="(\w+)" data-value="([^"]*)"', html))
+    assert figures["places_in_use"] == "3 of 12"
+    assert figures["open_orders"] == "40 of 40"
+    assert figures["starts_waiting"] == "2"

@@ -152,6 +152,8 @@ class Admission:
         return AdmissionSnapshot(
             limit=self._settings.max_orders_in_flight,
             in_use=None if counted_at == -math.inf else orders.doing_work,
+            open_limit=self._settings.max_orders_open,
+            open=None if counted_at == -math.inf else orders.running,
             waiting=len(self._waiting_starts),
             refused_in_window=len(self._refused_at),
         )

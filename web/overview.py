@@ -45,6 +45,10 @@ class AdmissionSnapshot:
     """Orders doing work at the last count; None before the first count."""
     waiting: int
     refused_in_window: int
+    open_limit: int = 0
+    """MAX_ORDERS_OPEN; 0 means no limit."""
+    open: Optional[int] = None
+    """Orders running at the last count, those parked at review included."""
 
 
 @dataclass(frozen=True)
