@@ -543,3 +543,16 @@ def test_overview_shows_both_admission_bounds(app: Litestar) -> None:
     assert figures["places_in_use"] == "3 of 12"
     assert figures["open_orders"] == "40 of 40"
     assert figures["starts_waiting"] == "2"
+
+
+async def test_overview_counts_admission_without_a_start_of_its_own(workers: Client) -> None:
+    """A web process that started no order (a replica, or one just restarted) still shows how
+    many orders do work and are open: the overview counts them itself."""
+    async with serving(create_app(temporal_client=workers, manage_pool=False)) as fresh:
+        response = await fresh.get("/board/overview", headers=HTMX)
+    assert response.status_code == 200, response.text
+    figures = dict(re.findall(r'data-figure="(\w+)" data-value="([^"]*)"', response.text))
+    limits = get_settings().web
+    for figure, limit in (("places_in_use", limits.max_orders_in_flight), ("open_orders", limits.max_orders_open)):
+        # Before the first count the figure is a dash.
+        assert re.fullmatch(r"\d+" + (f" of {limit}" if limit else ""), figures[figure]), figures

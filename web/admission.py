@@ -144,6 +144,11 @@ class Admission:
             self._counted = (time.monotonic(), orders)
             return orders
 
+    async def recount(self, client: Client) -> None:
+        """Count the running orders now (unless counted in the last IN_FLIGHT_RECOUNT_SECONDS),
+        so that the overview's figures are current between starts too."""
+        await self._running_orders(client)
+
     def snapshot(self, window_seconds: float) -> AdmissionSnapshot:
         """Places in use, starts waiting, and starts refused in the last `window_seconds`."""
         while self._refused_at and self._refused_at[0] < time.monotonic() - window_seconds:
