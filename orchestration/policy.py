@@ -74,7 +74,7 @@ ADMISSION_LIMIT = 12
 """Orders doing work at once (orders parked at review, waiting for a person, do not count).
 Measured on 2 cores: the system carries about 7 orders/s whatever the limit past 10, and an
 order takes about 1.1 s (p50) at 10 in flight and 1.5 s at 14; 12 keeps the CPU full (94 % in
-the README's run) with p99 near 2 s. Past the machine's capacity every order would be late; at
+a run of 2026-12-03) with p99 near 2 s. Past the machine's capacity every order would be late; at
 the limit a new start waits instead."""
 OPEN_ORDERS_LIMIT = 40
 """Orders running at once, those parked at review included. A parked order costs nothing while
