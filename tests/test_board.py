@@ -533,13 +533,18 @@ def test_row_renders_every_state(app: Litestar, state: str) -> None:
         assert "&lt;i&gt;changed mind&lt;/i&gt;" in html
 
 
+def overview_figures_in(html: str) -> dict[str, str]:
+    """The overview panel's figures by name, as the panel gives them."""
+    return dict(re.findall(r'data-figure="(\w+)" data-value="([^"]*)"', html))
+
+
 def test_overview_shows_both_admission_bounds(app: Litestar) -> None:
     """Places doing work, and open orders against MAX_ORDERS_OPEN: with many orders parked at
     review a start may wait though places are free, and the overview says why."""
     admission = AdmissionSnapshot(limit=12, in_use=3, waiting=2, refused_in_window=1, open_limit=40, open=40)
     overview = overview_from_rows([], datetime.now(timezone.utc), 60.0, 15.0, admission)
     html = app.template_engine.get_template("_overview.html").render(overview=overview)
-    figures = dict(re.findall(r'data-figure="(\w+)" data-value="([^"]*)"', html))
+    figures = overview_figures_in(html)
     assert figures["places_in_use"] == "3 of 12"
     assert figures["open_orders"] == "40 of 40"
     assert figures["starts_waiting"] == "2"
@@ -551,7 +556,7 @@ async def test_overview_counts_admission_without_a_start_of_its_own(workers: Cli
     async with serving(create_app(temporal_client=workers, manage_pool=False)) as fresh:
         response = await fresh.get("/board/overview", headers=HTMX)
     assert response.status_code == 200, response.text
-    figures = dict(re.findall(r'data-figure="(\w+)" data-value="([^"]*)"', response.text))
+    figures = overview_figures_in(response.text)
     limits = get_settings().web
     for figure, limit in (("places_in_use", limits.max_orders_in_flight), ("open_orders", limits.max_orders_open)):
         # Before the first count the figure is a dash.

@@ -25,6 +25,7 @@ from temporalio.client import Client
 from orchestration.settings import get_settings
 from tests.conftest import served_over_http
 from tests.test_api import HOME, OFFICE, order_row
+from tests.test_board import overview_figures_in
 from web.app import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -153,6 +154,29 @@ async def shown_once(page: Page, order_id: str) -> None:
     await expect(row(page, order_id)).to_have_count(1)
 
 
+async def hold_first_poll(page: Page) -> Route:
+    """Hold the next new-orders poll in the browser (later ones go through) and return it, to
+    be answered when the test says."""
+    held: asyncio.Future[Route] = asyncio.get_running_loop().create_future()
+
+    async def hold_first(route: Route) -> None:
+        if held.done():
+            await route.continue_()
+        else:
+            held.set_result(route)
+
+    await page.route(NEW_ORDERS_POLL, hold_first)
+    return await asyncio.wait_for(held, timeout=STEP_MS / 1000)
+
+
+async def until_recorded(order_id: str) -> None:
+    """A poll's answer comes from the database, which the workflow writes just after the start."""
+    for _ in range(ORDER_END_MS // 100):
+        if await order_row(order_id):
+            return
+        await asyncio.sleep(0.1)
+
+
 async def test_an_order_is_shown_once_when_a_poll_answered_after_its_start_brings_it(
     page: Page, base_url: str
 ) -> None:
@@ -160,23 +184,10 @@ async def test_an_order_is_shown_once_when_a_poll_answered_after_its_start_bring
     its answer and the form's both carry the order. The browser holds the poll back until the
     form's answer is on the board and the order is in the database."""
     await open_board(page, base_url)
-    held: asyncio.Future[Route] = asyncio.get_running_loop().create_future()
-
-    async def hold_first_poll(route: Route) -> None:
-        if held.done():
-            await route.continue_()
-        else:
-            held.set_result(route)
-
-    await page.route(NEW_ORDERS_POLL, hold_first_poll)
-    poll = await asyncio.wait_for(held, timeout=STEP_MS / 1000)
+    poll = await hold_first_poll(page)
     order_id = await start_from_form(page)
     await shown_once(page, order_id)
-    # The poll's answer comes from the database, which the workflow writes just after the start.
-    for _ in range(ORDER_END_MS // 100):
-        if await order_row(order_id):
-            break
-        await asyncio.sleep(0.1)
+    await until_recorded(order_id)
 
     # htmx fires afterRequest on the poller once the answer's out-of-band parts are swapped. (A
     # function, so that evaluate does not wait for the promise it stores.)
@@ -200,21 +211,9 @@ async def test_a_poll_answered_after_a_filter_change_adds_nothing_to_the_new_vie
     switches to the shipped orders. The answer carries an order in flight, which must not land
     on the shipped orders' view."""
     await open_board(page, base_url)
-    held: asyncio.Future[Route] = asyncio.get_running_loop().create_future()
-
-    async def hold_first_poll(route: Route) -> None:
-        if held.done():
-            await route.continue_()
-        else:
-            held.set_result(route)
-
-    await page.route(NEW_ORDERS_POLL, hold_first_poll)
-    poll = await asyncio.wait_for(held, timeout=STEP_MS / 1000)
+    poll = await hold_first_poll(page)
     order_id = await start_from_api(api)
-    for _ in range(ORDER_END_MS // 100):
-        if await order_row(order_id):
-            break
-        await asyncio.sleep(0.1)
+    await until_recorded(order_id)
     await page.select_option("#state-filter", "shipped")
     await expect(page).to_have_url(re.compile(r"state=shipped"), timeout=STEP_MS)
 
@@ -410,7 +409,7 @@ OVERVIEW_WINDOW_SECONDS = 15.0
 async def overview_figures(client: httpx.AsyncClient) -> dict[str, str]:
     response = await client.get("/board/overview")
     assert response.status_code == 200, response.text
-    return dict(re.findall(r'data-figure="(\w+)" data-value="([^"]*)"', response.text))
+    return overview_figures_in(response.text)
 
 
 async def test_the_overview_counts_the_orders_it_saw_end(page: Page, workers: Client) -> None:

@@ -21,7 +21,7 @@ from orchestration.settings import get_settings
 from orchestration.tables import Payment
 from tests.test_api import api, limited_to_one_order, new_order_id, order_row, serving, workflow_exists  # noqa: F401 (api: fixture)
 from web.app import create_app
-from web.admission import orders_doing_work
+from web.admission import running_orders
 from web.temporal_gateway import UPDATE_ACCEPT_TIMEOUT
 
 # The shapes seed projects of this assignment send (flat, with aliases).
@@ -168,7 +168,7 @@ async def test_orders_waiting_for_a_person_hold_no_admission_place(
     """Twenty orders parked at review, and MAX_ORDERS_IN_FLIGHT=1: a new start goes through at
     once, since none of the twenty is doing work."""
     for _ in range(300):  # orders of earlier tests end within their 15 s
-        if not await orders_doing_work(workers):
+        if not (await running_orders(workers)).doing_work:
             break
         await asyncio.sleep(0.05)
     parked_ids = [new_order_id() for _ in range(20)]

@@ -67,11 +67,6 @@ async def running_orders(client: Client) -> RunningOrders:
     return RunningOrders(running.count, parked.count)
 
 
-async def orders_doing_work(client: Client) -> int:
-    """Orders running and not parked at review."""
-    return (await running_orders(client)).doing_work
-
-
 class Admission:
     """The admission places of this web process, counted in Temporal."""
 
