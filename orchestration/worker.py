@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 from datetime import timedelta
-from typing import Callable, Sequence
+from typing import Any, Callable, Coroutine, NoReturn, Sequence
 
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
@@ -17,7 +17,7 @@ from orchestration.database import close_pool, open_pool
 from orchestration.logs import configure_logging
 from orchestration.metrics import ActivityCounter, metrics_meter
 from orchestration.settings import Settings, get_settings
-from orchestration.temporal_client import connect
+from orchestration.temporal_client import connect, exit_without_teardown
 
 logger = logging.getLogger(__name__)
 
@@ -90,3 +90,14 @@ async def serve(
         logger.info("worker stopping", extra={"event": "worker_stopping", "task_queue": task_queue})
     await activities.failure_log.written()
     await close_pool()
+    logger.info("worker stopped", extra={"event": "worker_stopped", "task_queue": task_queue})
+
+
+def run_process(main: Coroutine[Any, Any, Any]) -> NoReturn:
+    """Run `main` as the process's whole life: status 0 when it returns, 1 (logged) when it raises."""
+    try:
+        asyncio.run(main)
+    except Exception:
+        logger.exception("process stopped by an error", extra={"event": "process_failed"})
+        exit_without_teardown(1)
+    exit_without_teardown(0)

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
 import signal
@@ -67,6 +66,7 @@ if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestration.models import CANCELLED, FAILED, SHIPPED
+from orchestration.temporal_client import exit_without_teardown
 from scripts.drive.api import Api
 from scripts.drive.tables import table
 from scripts.faults.invariants import INVARIANTS, Findings, check_invariants
@@ -92,7 +92,7 @@ def report(args: argparse.Namespace, system: System, api: Api, findings: Finding
         ("in flight", str(args.concurrency), ""),
         ("kills: order worker (SIGKILL)", str(faults.kills["order-worker"]), ""),
         ("kills: shipping worker (SIGKILL)", str(faults.kills["shipping-worker"]), ""),
-        *((f"SIGTERM {stop.worker} {stop.moment}", str(stop).split(": ", 1)[1], "")
+        *((f"SIGTERM {stop.worker} {stop.moment}", stop.outcome, "")
           for stop in faults.graceful_stops),
         ("db restarts", f"{len(faults.database_outage_seconds)}{outages(faults.database_outage_seconds)}", ""),
         ("web restarts", f"{len(faults.web_outage_seconds)}{outages(faults.web_outage_seconds)}", ""),
@@ -210,11 +210,8 @@ def main() -> None:
         status = loop.run_until_complete(run)
     except asyncio.CancelledError:
         status = 130
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The Temporal SDK's native runtime sometimes crashes the interpreter at exit (see
-    # tests/conftest.py); leave with the run's own status instead of risking that.
-    os._exit(status)
+    # The run's own status, not a crash of the Temporal SDK's runtime at the interpreter's exit.
+    exit_without_teardown(status)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from orchestration.flaky import flaky_call
     from orchestration.policy import OrderPolicy, retry_policy
     from orchestration.settings import WorkerSettings
+    from orchestration.temporal_client import exit_without_teardown
 
 ORDER_QUEUE = "floor-orders"
 SHIPPING_QUEUE = "floor-shipping"
@@ -240,3 +241,5 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+    # A finished run leaves with status 0, not a crash of the SDK's runtime at the interpreter's exit.
+    exit_without_teardown(0)

@@ -43,7 +43,7 @@ from orchestration.database import close_pool, open_pool  # noqa: E402
 from orchestration.models import ORDER_PARKED_ATTRIBUTE  # noqa: E402
 from orchestration.order.workflow import OrderWorkflow  # noqa: E402
 from orchestration.settings import get_settings  # noqa: E402
-from orchestration.temporal_client import ensure_search_attributes  # noqa: E402
+from orchestration.temporal_client import ensure_search_attributes, exit_without_teardown  # noqa: E402
 from orchestration.worker import build_worker  # noqa: E402
 from orchestration.shipping.activities import ShippingActivities  # noqa: E402
 from orchestration.shipping.workflow import ShippingWorkflow  # noqa: E402
@@ -172,8 +172,6 @@ def pytest_unconfigure(config):
     """Exit with pytest's own status once everything is reported.
 
     The Temporal SDK's native runtime sometimes crashes the interpreter during its final
-    teardown (segfault or "PyGILState_Release" abort) after every test has finished. Leaving
-    here with os._exit skips only that teardown; the status is pytest's real result."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_exit_status)
+    teardown (segfault or "PyGILState_Release" abort) after every test has finished; the
+    status left with is pytest's real result."""
+    exit_without_teardown(_exit_status)

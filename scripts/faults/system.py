@@ -44,15 +44,22 @@ class GracefulStop:
     seconds: float
     connections_lost: bool
     """The worker had to terminate pooled connections that were never given back."""
+    last_lines: list[str] = field(default_factory=list)
+    """The worker's last lines of output, which say why a stop was not clean."""
 
     @property
     def clean(self) -> bool:
         return self.status == 0 and self.seconds <= GRACEFUL_STOP_LIMIT_SECONDS and not self.connections_lost
 
-    def __str__(self) -> str:
+    @property
+    def outcome(self) -> str:
         exited = f"exit {self.status}" if self.status is not None else "no exit (killed)"
         lost = ", lost pooled connections" if self.connections_lost else ""
-        return f"{self.worker} {self.moment}: {exited} in {self.seconds:.1f} s{lost}"
+        return f"{exited} in {self.seconds:.1f} s{lost}"
+
+    def __str__(self) -> str:
+        said = "" if self.clean else f"; its last lines: {' | '.join(self.last_lines)}"
+        return f"{self.worker} {self.moment}: {self.outcome}{said}"
 
 
 @dataclass
@@ -169,9 +176,12 @@ class System:
         offset = worker.log_path.stat().st_size
         began = time.monotonic()
         status = await worker.stop(signal.SIGTERM)
+        output = worker.output_since(offset)
         # orchestration.database.close_pool logs this when lent connections never came back.
-        lost = "pool_terminated" in worker.output_since(offset)
-        self.faults.graceful_stops.append(GracefulStop(name, moment, status, time.monotonic() - began, lost))
+        lost = "pool_terminated" in output
+        self.faults.graceful_stops.append(
+            GracefulStop(name, moment, status, time.monotonic() - began, lost, output.strip().splitlines()[-4:])
+        )
 
     async def restart_worker_gracefully(self, name: str, pause: float) -> None:
         await self.stop_worker_gracefully(name, "mid-run")
