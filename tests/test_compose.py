@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.temporal_dev_server import FAST_TIMER_DYNAMIC_CONFIG
+from scripts.temporal_dev_server import DYNAMIC_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,7 @@ def test_the_mounted_dynamic_config_matches_the_dev_server_values(compose):
     source = Path(mount.split(":")[0])
     assert source.resolve() == (REPO / "scripts" / "temporal-dynamic-config.yaml").resolve()
     file_values = {key: entries[0]["value"] for key, entries in yaml.safe_load(source.read_text()).items()}
-    dev_server_values = {key: json.loads(value) for key, value in FAST_TIMER_DYNAMIC_CONFIG.items()}
+    dev_server_values = {key: json.loads(value) for key, value in DYNAMIC_CONFIG.items()}
     assert file_values == dev_server_values
 
 
