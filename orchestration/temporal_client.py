@@ -128,7 +128,7 @@ def exit_without_teardown(status: int) -> NoReturn:
 
     The SDK's native runtime keeps threads that can call into Python while the interpreter
     finalizes, and that aborts the process ("Fatal Python error: PyGILState_Release ... runtime
-    state: finalizing", SIGABRT; temporalio/sdk-python#300). Here about one worker stop in 60
+    state: finalizing", SIGABRT; temporalio/sdk-python#300). Here one worker stop in about 70
     did so under load, after a complete shutdown, and a supervisor took the clean stop for a
     crash. Leaving with os._exit skips only that teardown."""
     logging.shutdown()
