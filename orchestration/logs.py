@@ -2,6 +2,8 @@
 
 Temporal's workflow.logger and activity.logger attach their context as `temporal_workflow` /
 `temporal_activity` extras; those become workflow_id, run_id, step (the activity) and attempt.
+The SDK's native core logs on its own (a poll retried while the server is away, a task it could
+not report); `CORE_LOGGING` sends those lines through the same handler, as `sdk_core_log` events.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from datetime import datetime, timezone
 
 from temporalio import activity, workflow
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryFilter
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -25,6 +28,11 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+        core_log = extras.pop("temporal_log", None)
+        if core_log is not None:
+            entry["event"] = "sdk_core_log"
+            entry["core_target"] = core_log.target
+            entry.update(core_log.fields)
         workflow_info = extras.pop("temporal_workflow", None) or {}
         activity_info = extras.pop("temporal_activity", None) or {}
         if workflow_info:
@@ -40,6 +48,19 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+# For the runtime of every process's Temporal client (orchestration/metrics.py, web/temporal_gateway.py):
+# without it the core writes its warnings to stderr as coloured text, many a second during an outage.
+CORE_LOGGING = LoggingConfig(
+    filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+    forwarding=LogForwardingConfig(
+        logger=logging.getLogger("temporalio.core"),
+        append_target_to_name=False,
+        prepend_target_on_message=False,
+        append_log_fields_to_message=False,
+    ),
+)
 
 
 def configure_logging(level: int = logging.INFO) -> None:

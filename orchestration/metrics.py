@@ -27,6 +27,8 @@ from temporalio.common import MetricMeter
 from temporalio.exceptions import ApplicationError
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from orchestration.logs import CORE_LOGGING
+
 RUNNING_METRIC = "order_activity_coroutines_running"
 ATTEMPTS_METRIC = "order_activity_attempts"
 
@@ -46,14 +48,11 @@ def metrics_meter(port: int, host: str = "127.0.0.1") -> MetricMeter:
     """Serve Prometheus metrics on host:port from this process; port 0 means no endpoint.
 
     Must run before the process connects to Temporal: the endpoint belongs to the SDK runtime,
-    which becomes the default that Client.connect uses."""
-    if port == 0:
-        return MetricMeter.noop
-    runtime = Runtime(
-        telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{host}:{port}"))
-    )
+    which becomes the default that Client.connect uses (its core logs as JSON lines, too)."""
+    metrics = PrometheusConfig(bind_address=f"{host}:{port}") if port else None
+    runtime = Runtime(telemetry=TelemetryConfig(logging=CORE_LOGGING, metrics=metrics))
     Runtime.set_default(runtime, error_if_already_set=True)
-    return runtime.metric_meter
+    return runtime.metric_meter if port else MetricMeter.noop
 
 
 class ActivityCounter:

@@ -1,9 +1,11 @@
 """A worker process as the Procfile runs it (python -m orchestration.order.worker): on SIGTERM it
 stops its worker, logs the stop and exits 0, leaving without the interpreter's teardown, where
-the Temporal SDK's native runtime can abort the process (orchestration/temporal_client.py)."""
+the Temporal SDK's native runtime can abort the process (orchestration/temporal_client.py); and
+every line it writes is one JSON object, the SDK core's own warnings during an outage included."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,51 +15,89 @@ import time
 import uuid
 from pathlib import Path
 
+from temporalio.testing import WorkflowEnvironment
+
+from scripts.temporal_dev_server import dynamic_config_args
+from tests.conftest import BIN
+
 REPO = Path(__file__).resolve().parent.parent
 # Printed by an exit hook, which runs first thing in the interpreter's teardown.
 TEARDOWN_MARK = "interpreter teardown ran"
 START_TIMEOUT_SECONDS = 30
 STOP_TIMEOUT_SECONDS = 20
+# The core warns once a poll has been retried six times, a few seconds into an outage.
+CORE_WARNING_TIMEOUT_SECONDS = 30
 
 
-def wait_for_event(log: Path, event: str, process: subprocess.Popen) -> None:
-    give_up_at = time.monotonic() + START_TIMEOUT_SECONDS
-    while f'"event": "{event}"' not in log.read_text():
-        assert process.poll() is None, f"the worker exited ({process.returncode}):\n{log.read_text()}"
-        assert time.monotonic() < give_up_at, f"no {event} within {START_TIMEOUT_SECONDS} s:\n{log.read_text()}"
-        time.sleep(0.1)
-
-
-def test_order_worker_stops_cleanly_on_sigterm_and_skips_the_interpreter_teardown(
-    postgres, dev_server, tmp_path
-):
+def start_worker(log: Path, database_url: str, temporal_address: str) -> subprocess.Popen:
     env = {
         **os.environ,
-        "DATABASE_URL": postgres,
-        "TEMPORAL_ADDRESS": dev_server.client.service_client.config.target_host,
+        "DATABASE_URL": database_url,
+        "TEMPORAL_ADDRESS": temporal_address,
         # A queue of its own: the session's workers serve `orders` for the other tests.
         "ORDERS_TASK_QUEUE": f"orders-{uuid.uuid4().hex[:8]}",
         "WORKER_METRICS_PORT": "0",
     }
-    log = tmp_path / "worker.log"
     # The module runs as `python -m` does, with an exit hook that tells whether the teardown ran.
     run_worker = (
         f"import atexit, runpy; atexit.register(print, {TEARDOWN_MARK!r}, flush=True); "
         "runpy.run_module('orchestration.order.worker', run_name='__main__', alter_sys=True)"
     )
     with log.open("w") as out:
-        worker = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-c", run_worker], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
         )
+
+
+async def wait_for_event(log: Path, event: str, process: subprocess.Popen, seconds: float) -> None:
+    give_up_at = time.monotonic() + seconds
+    while f'"event": "{event}"' not in log.read_text():
+        assert process.poll() is None, f"the worker exited ({process.returncode}):\n{log.read_text()}"
+        assert time.monotonic() < give_up_at, f"no {event} within {seconds} s:\n{log.read_text()}"
+        await asyncio.sleep(0.1)
+
+
+async def stop(worker: subprocess.Popen) -> int:
+    worker.send_signal(signal.SIGTERM)
+    give_up_at = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while worker.poll() is None and time.monotonic() < give_up_at:
+        await asyncio.sleep(0.1)
+    if worker.poll() is None:
+        worker.kill()
+    return worker.wait()
+
+
+async def test_order_worker_stops_cleanly_on_sigterm_and_skips_the_interpreter_teardown(
+    postgres, dev_server, tmp_path
+):
+    log = tmp_path / "worker.log"
+    worker = start_worker(log, postgres, dev_server.client.service_client.config.target_host)
     try:
-        wait_for_event(log, "worker_started", worker)
-        worker.send_signal(signal.SIGTERM)
-        status = worker.wait(timeout=STOP_TIMEOUT_SECONDS)
+        await wait_for_event(log, "worker_started", worker, START_TIMEOUT_SECONDS)
     finally:
-        if worker.poll() is None:
-            worker.kill()
+        status = await stop(worker)
     output = log.read_text()
     assert status == 0, output
     assert TEARDOWN_MARK not in output
     last = json.loads(output.strip().splitlines()[-1])
     assert last["event"] == "worker_stopped", output
+
+
+async def test_the_sdk_cores_warnings_during_an_outage_are_json_lines(postgres, tmp_path):
+    # A Temporal server of its own, to take away under the running worker.
+    server = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN / "temporal"), dev_server_extra_args=dynamic_config_args()
+    )
+    log = tmp_path / "worker.log"
+    worker = start_worker(log, postgres, server.client.service_client.config.target_host)
+    try:
+        await wait_for_event(log, "worker_started", worker, START_TIMEOUT_SECONDS)
+        await server.shutdown()
+        await wait_for_event(log, "sdk_core_log", worker, CORE_WARNING_TIMEOUT_SECONDS)
+    finally:
+        status = await stop(worker)
+    lines = log.read_text().strip().splitlines()
+    assert status == 0, lines
+    entries = [json.loads(line) for line in lines]  # every line, or this fails
+    warning = next(entry for entry in entries if entry.get("event") == "sdk_core_log")
+    assert warning["level"] == "warning" and warning["core_target"], warning

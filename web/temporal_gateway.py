@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -28,8 +29,10 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.service import RetryConfig, RPCError, RPCStatusCode
 
+from orchestration.logs import CORE_LOGGING
 from orchestration.models import (
     ORDER_PARKED_ATTRIBUTE,
     ActionResult,
@@ -142,7 +145,10 @@ class TemporalConnection:
 
     async def _connect(self) -> Client:
         client = await Client.connect(
-            self._settings.address, **connect_options(self._settings), retry_config=WEB_RETRY_CONFIG
+            self._settings.address,
+            **connect_options(self._settings),
+            retry_config=WEB_RETRY_CONFIG,
+            runtime=_client_runtime(),
         )
         # Orders are started with it; an unknown attribute would fail the start.
         await ensure_search_attributes(client)
@@ -303,6 +309,12 @@ class TemporalGateway:
                 return None
             raise
         return dataclasses.asdict(status)
+
+
+@functools.cache
+def _client_runtime() -> Runtime:
+    """The SDK runtime of this process's client: its core's warnings come out as JSON lines."""
+    return Runtime(telemetry=TelemetryConfig(logging=CORE_LOGGING))
 
 
 async def _wait_for_end(handle: OrderHandle, wait_seconds: float) -> Optional[OrderStatus]:
