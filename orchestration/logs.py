@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from temporalio import activity, workflow
 from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryFilter
 
-_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# uvicorn adds `color_message`, its message with terminal colour codes.
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,6 +73,8 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python warnings (a library's DeprecationWarning, Piccolo's connection warning) as log lines too.
+    logging.captureWarnings(True)
     # uvicorn's loggers print plain text through handlers of their own; send them to the JSON
     # handler instead, so the web process writes one JSON object per line like the others. A
     # logger uvicorn silenced (no handler, not propagating: `--no-access-log`) stays silent.

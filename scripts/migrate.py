@@ -5,13 +5,14 @@ Usage: python scripts/migrate.py [--wait-seconds 60]
 The Procfile's web line runs this before uvicorn: honcho starts every process at once, so the
 database may still be initialising. Applying migrations twice is harmless (Piccolo skips the ones
 already recorded). Exits non-zero, with the reason, if the database never answers or a migration
-fails.
+fails. It writes JSON log lines like the process it runs before, Piccolo's report included.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -22,7 +23,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    # Run as a file, this script's folder is on sys.path and the checkout is not.
+    sys.path.insert(0, str(REPO_ROOT))
+
+from orchestration.logs import configure_logging  # noqa: E402
+
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54329/orders"
+logger = logging.getLogger("migrate")
 
 
 def _redacted(url: str) -> str:
@@ -47,7 +55,10 @@ async def wait_for_database(url: str, wait_seconds: float) -> None:
                     f"last error: {type(err).__name__}: {err}"
                 ) from err
             if not announced:
-                print(f"migrate: waiting for PostgreSQL at {_redacted(url)} ...", flush=True)
+                logger.info(
+                    "waiting for PostgreSQL",
+                    extra={"event": "dependency_wait", "database": _redacted(url), "error": str(err)},
+                )
                 announced = True
             await asyncio.sleep(1.0)
         else:
@@ -60,19 +71,27 @@ def main() -> int:
     parser.add_argument("--wait-seconds", type=float, default=60.0)
     args = parser.parse_args()
 
+    configure_logging()
     url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     try:
         asyncio.run(wait_for_database(url, args.wait_seconds))
     except TimeoutError as err:
-        print(f"migrate: {err}", file=sys.stderr, flush=True)
+        logger.error(str(err), extra={"event": "migration_failed"})
         return 1
-    print(f"migrate: PostgreSQL is up; applying migrations to {_redacted(url)}", flush=True)
+    logger.info("PostgreSQL is up; applying migrations", extra={"event": "migrations_started", "database": _redacted(url)})
     piccolo = Path(sys.executable).parent / "piccolo"
-    result = subprocess.run([str(piccolo), "migrations", "forwards", "all"], cwd=REPO_ROOT)
+    result = subprocess.run(
+        [str(piccolo), "migrations", "forwards", "all"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.strip(" -"):
+            logger.info(line.strip(), extra={"event": "migration_output"})
     if result.returncode != 0:
-        print(f"migrate: piccolo migrations failed (exit {result.returncode})", file=sys.stderr, flush=True)
+        logger.error(
+            "piccolo migrations failed", extra={"event": "migration_failed", "exit_status": result.returncode}
+        )
         return result.returncode
-    print("migrate: database schema is up to date", flush=True)
+    logger.info("database schema is up to date", extra={"event": "migrations_applied"})
     return 0
 
 

@@ -60,6 +60,8 @@ def test_every_service_command_exists_in_the_repository(compose):
             module, attribute = command[1].split(":")
             target = REPO / (module.replace(".", "/") + ".py")
             assert target.is_file() and defines(target, attribute), f"{name}: no {command[1]}"
+            if "--log-config" in command:
+                assert (REPO / command[command.index("--log-config") + 1]).is_file(), f"{name}: no log config"
         else:
             pytest.fail(f"{name}: unexpected command {command}")
         checked.append(name)

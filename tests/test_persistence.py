@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -37,7 +42,9 @@ from orchestration.models import (
     ShippingStepInput,
 )
 from orchestration.tables import Event, Order, Payment
-from tests.conftest import POSTGRES_PORT, migrate
+from tests.conftest import POSTGRES_PORT, free_port, migrate
+
+REPO = Path(__file__).resolve().parent.parent
 
 HOME = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
 
@@ -303,3 +310,31 @@ async def test_migrations_build_an_empty_database_and_rerun_as_a_no_op(postgres)
     finally:
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         await admin.close()
+
+
+def run_migrate_script(url: str, *args: str) -> tuple[int, list[dict]]:
+    """scripts/migrate.py as the Procfile's web line runs it: its status and its JSON log lines."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "migrate.py"), *args],
+        cwd=REPO, env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True, timeout=120,
+    )
+    return result.returncode, [json.loads(line) for line in (result.stdout + result.stderr).splitlines()]
+
+
+async def test_the_migrate_script_logs_json_lines_and_says_when_the_database_never_answers(postgres):
+    name = f"migrate_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{POSTGRES_PORT}/postgres")
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        status, lines = run_migrate_script(f"postgresql://postgres@127.0.0.1:{POSTGRES_PORT}/{name}")
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
+    assert status == 0, lines
+    events = [line.get("event") for line in lines]
+    assert events[0] == "migrations_started" and events[-1] == "migrations_applied", events
+    assert any(line["message"].endswith("ok! ✔️") for line in lines if line.get("event") == "migration_output")
+
+    status, lines = run_migrate_script(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere", "--wait-seconds", "1")
+    assert status == 1
+    assert lines[-1]["event"] == "migration_failed" and "did not answer within 1 s" in lines[-1]["message"], lines

@@ -3,6 +3,7 @@ SIGTERM shuts down cleanly, closing its database pool."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,12 @@ def wait_for_health(url: str, seconds: float = 30.0) -> int:
             time.sleep(0.2)
 
 
+def procfile_uvicorn_flags() -> list[str]:
+    """The uvicorn flags of the Procfile's web line, after its host and port."""
+    [line] = [line for line in (REPO / "Procfile").read_text().splitlines() if line.startswith("web:")]
+    return line.split('--port "${WEB_PORT:-8000}"')[1].split()
+
+
 def test_web_process_serves_and_stops_cleanly_on_sigterm(postgres, dev_server):
     port = free_port()
     env = {
@@ -38,7 +45,8 @@ def test_web_process_serves_and_stops_cleanly_on_sigterm(postgres, dev_server):
         "TEMPORAL_ADDRESS": dev_server.client.service_client.config.target_host,
     }
     web = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "web.app:app", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "uvicorn", "web.app:app", "--host", "127.0.0.1", "--port", str(port),
+         *procfile_uvicorn_flags()],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -56,4 +64,6 @@ def test_web_process_serves_and_stops_cleanly_on_sigterm(postgres, dev_server):
     # how it ended: -SIGTERM after a complete shutdown is a clean stop.
     assert web.returncode in (0, -signal.SIGTERM), output
     assert "shutdown failed" not in output.lower(), output
-    assert "Application shutdown complete" in output
+    # One JSON object per line, uvicorn's own lines from before the app's startup included.
+    messages = [json.loads(line)["message"] for line in output.strip().splitlines()]
+    assert "Application shutdown complete." in messages

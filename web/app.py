@@ -79,6 +79,10 @@ def create_app(
         on_shutdown=[shut_down] if manage_pool else [],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
+        # Logging is the process's (orchestration/logs.py, uvicorn's --log-config web/logging.json):
+        # Litestar's default would reset the root logger to plain text at import, and the errors it
+        # would log are logged by EXCEPTION_HANDLERS.
+        logging_config=None,
         debug=False,
     )
 
