@@ -33,7 +33,8 @@ class JsonFormatter(logging.Formatter):
         if core_log is not None:
             entry["event"] = "sdk_core_log"
             entry["core_target"] = core_log.target
-            entry.update(core_log.fields)
+            # Its fields (an `error`, a task token) never replace the entry's own keys.
+            entry.update({key: value for key, value in core_log.fields.items() if key not in entry})
         workflow_info = extras.pop("temporal_workflow", None) or {}
         activity_info = extras.pop("temporal_activity", None) or {}
         if workflow_info:
