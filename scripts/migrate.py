@@ -22,13 +22,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
+if not __package__:
     # Run as a file, this script's folder is on sys.path and the checkout is not.
-    sys.path.insert(0, str(REPO_ROOT))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestration.logs import configure_logging  # noqa: E402
+from orchestration.logs import configure_logging
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54329/orders"
 logger = logging.getLogger("migrate")
 
