@@ -83,8 +83,9 @@ class StepBook:
         step = self.steps[name]
         step.status = "running"
         step.started_at = workflow.now().isoformat()
+        # No log line: the state transition or the previous step's completion, logged at the
+        # same moment, says it, and under load each line costs honcho alone about 0.3 ms of CPU.
         self.current = name
-        self.log(f"step {name} started", "step_started", step=name)
 
     def complete(self, name: str, attempts: int, errors: Iterable[ErrorRecord] = ()) -> None:
         step = self.steps[name]
