@@ -9,17 +9,22 @@ import sys
 from datetime import timedelta
 from typing import Any, Callable, Coroutine, NoReturn, Sequence
 
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from orchestration.attempts import StepActivities
 from orchestration.database import close_pool, open_pool
 from orchestration.logs import configure_logging
 from orchestration.metrics import ActivityCounter, metrics_meter
-from orchestration.settings import Settings, get_settings
+from orchestration.settings import Settings, WorkerSettings, get_settings
 from orchestration.temporal_client import connect, exit_without_teardown
 
 logger = logging.getLogger(__name__)
+
+
+def workflow_runner(settings: WorkerSettings) -> WorkflowRunner:
+    """Temporal's sandbox only where WORKER_SANDBOXED_WORKFLOWS asks for it (the tests do)."""
+    return SandboxedWorkflowRunner() if settings.sandboxed_workflows else UnsandboxedWorkflowRunner()
 
 
 def build_worker(
@@ -30,9 +35,7 @@ def build_worker(
         task_queue=task_queue,
         workflows=list(workflows),
         activities=list(activities),
-        workflow_runner=(
-            SandboxedWorkflowRunner() if settings.worker.sandboxed_workflows else UnsandboxedWorkflowRunner()
-        ),
+        workflow_runner=workflow_runner(settings.worker),
         # Every order keeps several short activities in flight; the default 100 slots fill up
         # under load while hung attempts wait for their cut-off.
         max_concurrent_activities=settings.worker.max_concurrent_activities,

@@ -9,7 +9,8 @@ policy and in-activity cut-off as the product, against its own Temporal dev serv
 exactly as scripts/start starts it. Two shapes: `local`, the steps as local activities (as the
 product runs them), and `regular`, the steps as regular activities (as it ran them before, with
 the 2-s start-to-close backstop). No database, no web server, no logging or bookkeeping; both
-workers and the client share this one process. It prints, per shape, throughput, latency, the
+workers and the client share this one process, which runs them with the product's worker options
+and event loop (orchestration/worker.py). It prints, per shape, throughput, latency, the
 CPU seconds per order of the server and of this process, and the throughput those allow on this
 machine's cores. If the product is slower than this, the difference is ours; what this script
 measures is not. scripts/benchmark.py --floor runs it beside the product.
@@ -42,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from orchestration.flaky import flaky_call
     from orchestration.policy import OrderPolicy, retry_policy
     from orchestration.settings import WorkerSettings
-    from orchestration.temporal_client import exit_without_teardown
+    from orchestration.worker import run_process, workflow_runner
 
 ORDER_QUEUE = "floor-orders"
 SHIPPING_QUEUE = "floor-shipping"
@@ -170,6 +171,7 @@ async def measure(
         "max_concurrent_local_activities": WORKER.max_concurrent_activities,
         "max_concurrent_workflow_tasks": WORKER.max_concurrent_workflow_tasks,
         "sticky_queue_schedule_to_start_timeout": timedelta(seconds=WORKER.sticky_schedule_to_start_seconds),
+        "workflow_runner": workflow_runner(WORKER),
     }
     order_worker = Worker(client, task_queue=ORDER_QUEUE, workflows=[BareOrder], **options)
     shipping_worker = Worker(client, task_queue=SHIPPING_QUEUE, workflows=[BareShipping], **options)
@@ -240,6 +242,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
-    # A finished run leaves with status 0, not a crash of the SDK's runtime at the interpreter's exit.
-    exit_without_teardown(0)
+    # As the product's workers run (orchestration/worker.py): on uvloop, and leaving with status 0,
+    # not a crash of the SDK's runtime at the interpreter's exit.
+    run_process(main())
