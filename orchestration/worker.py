@@ -9,6 +9,7 @@ import sys
 from datetime import timedelta
 from typing import Any, Callable, Coroutine, NoReturn, Sequence
 
+import uvloop
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
@@ -86,6 +87,7 @@ async def serve(
             "event": "worker_started",
             "task_queue": task_queue,
             "metrics_port": settings.worker.metrics_port,
+            "event_loop": type(loop).__module__.partition(".")[0],
         },
     )
     async with worker:
@@ -97,9 +99,16 @@ async def serve(
 
 
 def run_process(main: Coroutine[Any, Any, Any]) -> NoReturn:
-    """Run `main` as the process's whole life: status 0 when it returns, 1 (logged) when it raises."""
+    """Run `main` as the process's whole life, on uvloop: status 0 when it returns, 1 (logged)
+    when it raises.
+
+    uvloop because a worker's event loop is woken from the SDK's native threads for every task,
+    completion and client call, and serves a database round trip per step: against the Temporal
+    server's CPU in the same run, the order worker used 7 % less CPU and the shipping worker 11 %
+    (docs/performance.md)."""
     try:
-        asyncio.run(main)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
     except Exception:
         logger.exception("process stopped by an error", extra={"event": "process_failed"})
         exit_without_teardown(1)

@@ -1,5 +1,5 @@
-"""A worker process as the Procfile runs it (python -m orchestration.order.worker): on SIGTERM it
-stops its worker, logs the stop and exits 0, leaving without the interpreter's teardown, where
+"""A worker process as the Procfile runs it (python -m orchestration.order.worker): it runs on
+uvloop; on SIGTERM it stops its worker, logs the stop and exits 0, leaving without the interpreter's teardown, where
 the Temporal SDK's native runtime can abort the process (orchestration/temporal_client.py); and
 every line it writes is one JSON object, the SDK core's own warnings during an outage included."""
 
@@ -67,7 +67,7 @@ async def stop(worker: subprocess.Popen) -> int:
     return worker.wait()
 
 
-async def test_order_worker_stops_cleanly_on_sigterm_and_skips_the_interpreter_teardown(
+async def test_order_worker_runs_on_uvloop_and_stops_cleanly_skipping_the_interpreter_teardown(
     postgres, dev_server, tmp_path
 ):
     log = tmp_path / "worker.log"
@@ -79,8 +79,10 @@ async def test_order_worker_stops_cleanly_on_sigterm_and_skips_the_interpreter_t
     output = log.read_text()
     assert status == 0, output
     assert TEARDOWN_MARK not in output
-    last = json.loads(output.strip().splitlines()[-1])
-    assert last["event"] == "worker_stopped", output
+    entries = [json.loads(line) for line in output.strip().splitlines()]
+    started = next(entry for entry in entries if entry.get("event") == "worker_started")
+    assert started["event_loop"] == "uvloop", started
+    assert entries[-1]["event"] == "worker_stopped", output
 
 
 async def test_the_sdk_cores_warnings_during_an_outage_are_json_lines(postgres, tmp_path):

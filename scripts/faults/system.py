@@ -106,7 +106,8 @@ class System:
         self.web = Child(
             "web",
             [PYTHON, "-m", "uvicorn", "web.app:app", "--host", "127.0.0.1",
-             "--port", str(self.web_port), "--no-access-log", "--log-config", "web/logging.json"],
+             "--port", str(self.web_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+             "--log-config", "web/logging.json"],
             env, logs / "web.log",
         )
         self.workers = {
