@@ -44,19 +44,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import httpx
-
 if not __package__:
     # Run as a file, this script's folder is on sys.path and the checkout is not.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestration.models import FAILED
 from scripts.bench.metrics import attempts_during, scrape_worker_metrics
-from scripts.bench.orders import OrderRecord, Progress, client_limits, run_order
+from scripts.bench.orders import HTTP_ERRORS, HttpClient, OrderRecord, Progress, run_order
 from scripts.bench.probes import BoardProbes
 from scripts.bench.report import plot_histogram, report
 from scripts.bench.summary import summarise
-from scripts.drive.api import in_slots
+from scripts.drive.orders import in_slots
 from scripts.drive.processes import PROCESS_KINDS, REPO_ROOT, cpu_seconds_by_kind, own_cpu_seconds, server_processes
 
 
@@ -91,8 +89,7 @@ async def benchmark(args: argparse.Namespace) -> int:
     run_id = args.run_id or uuid.uuid4().hex[:8]
     records = [OrderRecord(f"bench-{run_id}-{i:05d}") for i in range(args.orders)]
     # One connection per order in flight: each does one request at a time.
-    limits = client_limits(args.concurrency + 10)
-    async with httpx.AsyncClient(base_url=args.url, timeout=args.http_timeout, limits=limits) as client:
+    async with HttpClient(args.url, args.http_timeout, args.concurrency + 10) as client:
         health = await client.get("/health")
         if health.status_code != 200:
             print(f"benchmark: {args.url}/health answered {health.status_code}: {health.text}", file=sys.stderr)
@@ -114,7 +111,7 @@ async def benchmark(args: argparse.Namespace) -> int:
         probes.start()
         try:
             await in_slots(records, args.concurrency, lambda record: run_order(client, record, args, progress),
-                           httpx.HTTPError)
+                           HTTP_ERRORS)
         finally:
             reporting.cancel()
             timings = await probes.stop()

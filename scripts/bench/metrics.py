@@ -5,20 +5,21 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Optional, Sequence
 
-import httpx
-
 from orchestration.metrics import ATTEMPTS_METRIC, RUNNING_METRIC
+from scripts.bench.orders import HTTP_ERRORS, HttpClient
 
 
-async def scrape_worker_metrics(client: httpx.AsyncClient, urls: Sequence[str]) -> dict[str, Any]:
+async def scrape_worker_metrics(client: HttpClient, urls: Sequence[str]) -> dict[str, Any]:
     """Per metrics URL: activity coroutines running and attempts by outcome, or the error."""
     scraped: dict[str, Any] = {}
     for url in urls:
         try:
             response = await client.get(url, timeout=5)
-            response.raise_for_status()
-        except httpx.HTTPError as err:
+        except HTTP_ERRORS as err:
             scraped[url] = {"error": f"{type(err).__name__}: {err}"}
+            continue
+        if response.status_code != 200:
+            scraped[url] = {"error": f"HTTP {response.status_code}"}
             continue
         running: Optional[float] = None
         attempts: Counter[str] = Counter()

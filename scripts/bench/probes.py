@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Optional
 
-import httpx
-
-from scripts.bench.orders import Progress, client_limits
+from scripts.bench.orders import HTTP_ERRORS, HttpClient, Progress
 from web.board import STATUS_AGE_HEADER
 
 STATUS_EVERY = 3
@@ -36,7 +34,7 @@ class RowSample:
 
 
 async def watch_board_rows(
-    client: httpx.AsyncClient, progress: Progress, samples: list[RowSample], board: dict[str, Any],
+    client: HttpClient, progress: Progress, samples: list[RowSample], board: dict[str, Any],
     interval: float, status_samples: list[RowSample],
 ) -> None:
     """Poll the row fragment of every order in flight every `interval` seconds, as the board
@@ -65,7 +63,7 @@ async def watch_board_rows(
         route = board["route"].format(order_id=order_id)
         try:
             await client.get(route)
-        except httpx.HTTPError:
+        except HTTP_ERRORS:
             pass
         polls = 0
         # Each row at its own phase, as rows that appeared at different moments poll: a
@@ -79,7 +77,7 @@ async def watch_board_rows(
             try:
                 response = await client.get(route)
                 http_status, age = response.status_code, response.headers.get(STATUS_AGE_HEADER)
-            except httpx.HTTPError:
+            except HTTP_ERRORS:
                 http_status, age = 0, None
             samples.append(RowSample(
                 time.perf_counter() - began, http_status, len(progress.in_flight),
@@ -89,7 +87,7 @@ async def watch_board_rows(
                 began = time.perf_counter()
                 try:
                     http_status = (await client.get(f"/orders/{order_id}/status")).status_code
-                except httpx.HTTPError:
+                except HTTP_ERRORS:
                     http_status = 0
                 status_samples.append(
                     RowSample(time.perf_counter() - began, http_status, len(progress.in_flight))
@@ -108,14 +106,14 @@ async def watch_board_rows(
 
 
 async def watch_overview(
-    client: httpx.AsyncClient, progress: Progress, samples: list[RowSample], interval: float
+    client: HttpClient, progress: Progress, samples: list[RowSample], interval: float
 ) -> None:
     """Time the board's overview panel (GET /board/overview), as an open board polls it."""
     while True:
         began = time.perf_counter()
         try:
             http_status = (await client.get("/board/overview")).status_code
-        except httpx.HTTPError:
+        except HTTP_ERRORS:
             http_status = 0
         samples.append(RowSample(time.perf_counter() - began, http_status, len(progress.in_flight)))
         await asyncio.sleep(interval)
@@ -182,7 +180,7 @@ async def _probe_board_until_stopped(
     progress = Progress(total=0)
     timings = BoardTimings()
     cpu_at_start = _cpu_seconds()  # after the imports, which a browser would not count
-    async with httpx.AsyncClient(base_url=url, timeout=http_timeout, limits=client_limits()) as client:
+    async with HttpClient(url, http_timeout) as client:
         polls = [
             asyncio.create_task(watch_board_rows(
                 client, progress, timings.rows, timings.board, interval, timings.statuses

@@ -1,4 +1,5 @@
-"""Orders through the JSON API: what a start sends, a patient client, and orders driven C at a time."""
+"""The JSON API as a patient client (httpx), for scripts that must see every order through an
+outage."""
 
 from __future__ import annotations
 
@@ -6,45 +7,14 @@ import asyncio
 import os
 import time
 from collections import Counter
-from typing import Any, Awaitable, Callable, Optional, Protocol, Sequence, TypeVar
+from typing import Optional
 
 import httpx
 
-ADDRESS = {"line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
 # A request is retried through an outage for this long before the run gives up on it.
 REQUEST_RETRY_SECONDS = 90.0
 REQUEST_TIMEOUT_SECONDS = 15.0
 RETRIED_STATUSES = (503,)
-
-
-def start_body(order_id: str) -> dict[str, Any]:
-    """The body of POST /orders/{id}/start: one item, paid with a payment id of the order's own."""
-    return {"payment_id": f"pay-{order_id}", "items": [{"sku": "ABC", "qty": 1}], "address": ADDRESS}
-
-
-class Driven(Protocol):
-    error: str
-
-
-Record = TypeVar("Record", bound=Driven)
-
-
-async def in_slots(
-    records: Sequence[Record], concurrency: int, drive: Callable[[Record], Awaitable[None]],
-    caught: type[Exception],
-) -> None:
-    """Drive every record, at most `concurrency` at once. A `caught` exception ends its own
-    record only, kept as the record's error, so that one lost order does not end the run."""
-    slots = asyncio.Semaphore(concurrency)
-
-    async def in_slot(record: Record) -> None:
-        async with slots:
-            try:
-                await drive(record)
-            except caught as err:
-                record.error = f"{type(err).__name__}: {err}"
-
-    await asyncio.gather(*(in_slot(record) for record in records))
 
 
 class Api:

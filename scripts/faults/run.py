@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import httpx
 
 from orchestration.models import TERMINAL_STATES
-from scripts.drive.api import Api, in_slots, start_body
+from scripts.drive.api import Api
+from scripts.drive.orders import in_slots, start_body
 from scripts.faults.plan import Fault
 from scripts.faults.system import System
 
