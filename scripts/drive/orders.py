@@ -37,5 +37,3 @@ async def in_slots(
                 record.error = f"{type(err).__name__}: {err}"
 
     await asyncio.gather(*(in_slot(record) for record in records))
-
-
