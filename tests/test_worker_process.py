@@ -1,7 +1,8 @@
 """A worker process as the Procfile runs it (python -m orchestration.order.worker): it runs on
-uvloop; on SIGTERM it stops its worker, logs the stop and exits 0, leaving without the interpreter's teardown, where
-the Temporal SDK's native runtime can abort the process (orchestration/temporal_client.py); and
-every line it writes is one JSON object, the SDK core's own warnings during an outage included."""
+uvloop; on SIGTERM it stops its worker, logs the stop and exits 0, leaving without the
+interpreter's teardown, where the Temporal SDK's native runtime can abort the process
+(orchestration/temporal_client.py); and every line it writes is one JSON object, the SDK core's
+own warnings during an outage included."""
 
 from __future__ import annotations
 
