@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from scripts.drive.processes import procfile_uvicorn_flags
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,12 +30,6 @@ def wait_for_health(url: str, seconds: float = 30.0) -> int:
             if time.monotonic() > give_up_at:
                 raise
             time.sleep(0.2)
-
-
-def procfile_uvicorn_flags() -> list[str]:
-    """The uvicorn flags of the Procfile's web line, after its host and port."""
-    [line] = [line for line in (REPO / "Procfile").read_text().splitlines() if line.startswith("web:")]
-    return line.split('--port "${WEB_PORT:-8000}"')[1].split()
 
 
 def test_web_process_serves_and_stops_cleanly_on_sigterm(postgres, dev_server):

@@ -43,6 +43,13 @@ PROCESS_KINDS: list[tuple[str, Callable[[list[str]], bool]]] = [
 ]
 
 
+def procfile_uvicorn_flags() -> list[str]:
+    """The uvicorn flags of the Procfile's web line, after its host and port: whoever starts the
+    web process starts it as `scripts/start` does."""
+    [line] = [line for line in (REPO_ROOT / "Procfile").read_text().splitlines() if line.startswith("web:")]
+    return line.split('--port "${WEB_PORT:-8000}"')[1].split()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

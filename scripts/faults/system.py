@@ -21,6 +21,7 @@ from scripts.drive.processes import (
     STOP_TIMEOUT_SECONDS,
     Child,
     free_port,
+    procfile_uvicorn_flags,
 )
 
 PYTHON = sys.executable
@@ -106,8 +107,7 @@ class System:
         self.web = Child(
             "web",
             [PYTHON, "-m", "uvicorn", "web.app:app", "--host", "127.0.0.1",
-             "--port", str(self.web_port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-             "--log-config", "web/logging.json"],
+             "--port", str(self.web_port), *procfile_uvicorn_flags()],
             env, logs / "web.log",
         )
         self.workers = {
