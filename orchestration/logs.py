@@ -65,7 +65,11 @@ CORE_LOGGING = LoggingConfig(
 )
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+def configure_logging(level: int | str = logging.INFO) -> None:
+    """Every logger writes JSON lines to stdout, those below `level` (a number, or a name such as
+    "WARNING") left out."""
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
     # The context goes into fields of its own, not into the message text.
     workflow.logger.workflow_info_on_message = False
     activity.logger.activity_info_on_message = False
@@ -84,7 +88,8 @@ def configure_logging(level: int = logging.INFO) -> None:
         if server_logger.handlers or server_logger.propagate:
             server_logger.handlers[:] = []
             server_logger.propagate = True
+            server_logger.setLevel(level)
     # The SDK's own per-poll chatter is noise at INFO.
-    logging.getLogger("temporalio").setLevel(logging.WARNING)
+    logging.getLogger("temporalio").setLevel(max(level, logging.WARNING))
     for name in ("temporalio.workflow", "temporalio.activity"):
         logging.getLogger(name).setLevel(level)

@@ -36,6 +36,16 @@ def _env_int(name: str, default: int) -> int:
     return default if raw in (None, "") else int(raw)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _env_log_level(name: str, default: str) -> str:
+    raw = os.environ.get(name) or default
+    if raw.upper() not in LOG_LEVELS:
+        raise ValueError(f"{name}={raw!r} is not a log level: use one of {', '.join(LOG_LEVELS)}.")
+    return raw.upper()
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = field(
@@ -183,6 +193,9 @@ class Settings:
     """Time budget of each new order (variables listed in order_policy_from_env)."""
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    log_level: str = field(default_factory=lambda: _env_log_level("LOG_LEVEL", "INFO"))
+    """Lines below this level are not written; WARNING keeps failed attempts and problems and
+    drops state transitions and step completions (LOG_LEVEL)."""
 
 
 @lru_cache(maxsize=1)

@@ -59,13 +59,13 @@ async def serve(
 ) -> None:
     """Run one worker until SIGTERM/SIGINT: `task_queue_of(settings)` names its queue, and it
     runs `workflows` and the activities of `activities_class`."""
-    configure_logging()
+    settings = get_settings()
+    configure_logging(settings.log_level)
     # With WORKER_SANDBOXED_WORKFLOWS the sandbox imports the workflow modules afresh for every
     # workflow run. Without their bytecode on disk (PYTHONDONTWRITEBYTECODE=1 is common in
     # containers and dev shells) each import compiles the source again: 6 % of the order
     # worker's CPU under load.
     sys.dont_write_bytecode = False
-    settings = get_settings()
     # Before connecting: the metrics endpoint lives in the runtime the client is created on.
     meter = metrics_meter(settings.worker.metrics_port, settings.worker.metrics_host)
     await open_pool(settings.database)

@@ -27,6 +27,7 @@ if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestration.logs import configure_logging
+from orchestration.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54329/orders"
@@ -71,7 +72,7 @@ def main() -> int:
     parser.add_argument("--wait-seconds", type=float, default=60.0)
     args = parser.parse_args()
 
-    configure_logging()
+    configure_logging(get_settings().log_level)
     url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     try:
         asyncio.run(wait_for_database(url, args.wait_seconds))

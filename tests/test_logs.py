@@ -68,3 +68,41 @@ def test_uvicorn_access_lines_follow_its_flag_as_json(access_log, restored_loggi
     logging.getLogger("uvicorn.error").info("Application startup complete.")
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["logger"] for line in lines] == (["uvicorn.access"] if access_log else []) + ["uvicorn.error"]
+
+
+def test_log_level_drops_the_lines_below_it(restored_logging, capsys):
+    """LOG_LEVEL=WARNING keeps a failed attempt's line and drops a state transition's and uvicorn's
+    startup lines; ERROR drops the warnings too, the SDK's own included."""
+    from orchestration.logs import configure_logging
+
+    import uvicorn
+
+    uvicorn.Config(app="web.app:app")  # configures uvicorn's loggers, at INFO
+    configure_logging("warning")
+    logging.getLogger("temporalio.workflow").info("order received -> validated", extra={"event": "state_transition"})
+    logging.getLogger("uvicorn.error").info("Application startup complete.", extra={"event": "startup"})
+    logging.getLogger("temporalio.activity").warning("activity attempt failed", extra={"event": "attempt_failed"})
+    configure_logging("ERROR")
+    logging.getLogger("temporalio.core").warning("poll retried", extra={"event": "sdk_core_log"})
+    logging.getLogger("temporalio.activity").warning("activity attempt failed", extra={"event": "attempt_failed"})
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["event"] for line in lines] == ["attempt_failed"]
+
+
+@pytest.mark.parametrize(("raw", "level"), [(None, "INFO"), ("", "INFO"), ("warning", "WARNING"), ("ERROR", "ERROR")])
+def test_log_level_setting(raw, level, monkeypatch):
+    from orchestration.settings import Settings
+
+    if raw is None:
+        monkeypatch.delenv("LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("LOG_LEVEL", raw)
+    assert Settings().log_level == level
+
+
+def test_an_unknown_log_level_is_refused_with_the_levels_to_use(monkeypatch):
+    from orchestration.settings import Settings
+
+    monkeypatch.setenv("LOG_LEVEL", "loud")
+    with pytest.raises(ValueError, match=r"LOG_LEVEL='loud' is not a log level: use one of DEBUG, INFO, WARNING, ERROR\."):
+        Settings()

@@ -44,7 +44,7 @@ def create_app(
     operator_access = OperatorAccess(token=settings.web.operator_token, secret_key=secret_key)
 
     async def start_up() -> None:
-        configure_logging()
+        configure_logging(settings.log_level)
         operator_access.warn_if_open()
         if manage_pool:
             await open_pool(settings.database)
