@@ -73,9 +73,9 @@ def test_uvicorn_access_lines_follow_its_flag_as_json(access_log, restored_loggi
 def test_log_level_drops_the_lines_below_it(restored_logging, capsys):
     """LOG_LEVEL=WARNING keeps a failed attempt's line and drops a state transition's and uvicorn's
     startup lines; ERROR drops the warnings too, the SDK's own included."""
-    from orchestration.logs import configure_logging
-
     import uvicorn
+
+    from orchestration.logs import configure_logging
 
     uvicorn.Config(app="web.app:app")  # configures uvicorn's loggers, at INFO
     configure_logging("warning")

@@ -30,7 +30,9 @@ STOP_TIMEOUT_SECONDS = 20
 CORE_WARNING_TIMEOUT_SECONDS = 30
 
 
-def start_worker(log: Path, database_url: str, temporal_address: str) -> subprocess.Popen:
+def start_worker(
+    log: Path, database_url: str, temporal_address: str, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -38,6 +40,7 @@ def start_worker(log: Path, database_url: str, temporal_address: str) -> subproc
         # A queue of its own: the session's workers serve `orders` for the other tests.
         "ORDERS_TASK_QUEUE": f"orders-{uuid.uuid4().hex[:8]}",
         "WORKER_METRICS_PORT": "0",
+        **(extra_env or {}),
     }
     # The module runs as `python -m` does, with an exit hook that tells whether the teardown ran.
     run_worker = (
@@ -104,3 +107,10 @@ async def test_the_sdk_cores_warnings_during_an_outage_are_json_lines(postgres, 
     entries = [json.loads(line) for line in lines]  # every line, or this fails
     warning = next(entry for entry in entries if entry.get("event") == "sdk_core_log")
     assert warning["level"] == "warning" and warning["core_target"], warning
+
+
+def test_an_unknown_log_level_stops_the_worker_naming_the_levels_to_use(tmp_path):
+    log = tmp_path / "worker.log"
+    worker = start_worker(log, "postgresql://127.0.0.1:1/none", "127.0.0.1:1", {"LOG_LEVEL": "loud"})
+    assert worker.wait(timeout=START_TIMEOUT_SECONDS) != 0
+    assert "LOG_LEVEL='loud' is not a log level: use one of DEBUG, INFO, WARNING, ERROR." in log.read_text()
