@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -30,7 +29,6 @@ from orchestration.logs import configure_logging
 from orchestration.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54329/orders"
 logger = logging.getLogger("migrate")
 
 
@@ -72,8 +70,9 @@ def main() -> int:
     parser.add_argument("--wait-seconds", type=float, default=60.0)
     args = parser.parse_args()
 
-    configure_logging(get_settings().log_level)
-    url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    url = settings.database.url
     try:
         asyncio.run(wait_for_database(url, args.wait_seconds))
     except TimeoutError as err:
