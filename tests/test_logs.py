@@ -88,21 +88,3 @@ def test_log_level_drops_the_lines_below_it(restored_logging, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["event"] for line in lines] == ["attempt_failed"]
 
-
-@pytest.mark.parametrize(("raw", "level"), [(None, "INFO"), ("", "INFO"), ("warning", "WARNING"), ("ERROR", "ERROR")])
-def test_log_level_setting(raw, level, monkeypatch):
-    from orchestration.settings import Settings
-
-    if raw is None:
-        monkeypatch.delenv("LOG_LEVEL", raising=False)
-    else:
-        monkeypatch.setenv("LOG_LEVEL", raw)
-    assert Settings().log_level == level
-
-
-def test_an_unknown_log_level_is_refused_with_the_levels_to_use(monkeypatch):
-    from orchestration.settings import Settings
-
-    monkeypatch.setenv("LOG_LEVEL", "loud")
-    with pytest.raises(ValueError, match=r"LOG_LEVEL='loud' is not a log level: use one of DEBUG, INFO, WARNING, ERROR\."):
-        Settings()
