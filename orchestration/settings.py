@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Callable, TypeVar
 
 from orchestration.policy import (
     ADMISSION_LIMIT,
@@ -22,28 +23,29 @@ from orchestration.policy import (
 )
 
 
+N = TypeVar("N", int, float)
+
+
 def _env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_number(name: str, default: N, parse: Callable[[str], N], kind: str) -> N:
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
     try:
-        return float(raw)
+        return parse(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number.") from None
+        raise ValueError(f"{name}={raw!r} is not {kind}.") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    return _env_number(name, default, float, "a number")
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a whole number.") from None
+    return _env_number(name, default, int, "a whole number")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
