@@ -3,8 +3,8 @@
 from piccolo.conf.apps import AppRegistry
 from piccolo.engine.postgres import PostgresEngine
 
-from orchestration.settings import get_settings
+from orchestration.logs import settings_or_exit
 
-DB = PostgresEngine(config={"dsn": get_settings().database.url})
+DB = PostgresEngine(config={"dsn": settings_or_exit().database.url})
 
 APP_REGISTRY = AppRegistry(apps=["orchestration.piccolo_app"])

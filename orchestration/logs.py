@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from temporalio import activity, workflow
 from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryFilter
 
+from orchestration.settings import Settings, SettingsError, get_settings
+
 # uvicorn adds `color_message`, its message with terminal colour codes.
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
@@ -93,3 +95,19 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     logging.getLogger("temporalio").setLevel(max(level, logging.WARNING))
     for name in ("temporalio.workflow", "temporalio.activity"):
         logging.getLogger(name).setLevel(level)
+
+
+BAD_SETTING_EXIT_STATUS = 2
+"""A process stopped by a setting it cannot use exits with this, as a program does for a bad
+command line: restarting it changes nothing until the variable is fixed."""
+
+
+def settings_or_exit() -> Settings:
+    """This process's settings. A variable it cannot use stops the process with one JSON line
+    naming the variable and what it should hold, not with a traceback to read from the bottom."""
+    try:
+        return get_settings()
+    except SettingsError as err:
+        configure_logging()  # LOG_LEVEL itself may be the bad one; the line is an error in any case
+        logging.getLogger(__name__).error(str(err), extra={"event": "bad_setting"})
+        raise SystemExit(BAD_SETTING_EXIT_STATUS) from None

@@ -26,6 +26,11 @@ from orchestration.policy import (
 N = TypeVar("N", int, float)
 
 
+class SettingsError(ValueError):
+    """An environment variable holds a value this product cannot use; the message names the
+    variable and says what it should hold."""
+
+
 def _env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
@@ -37,7 +42,7 @@ def _env_number(name: str, default: N, parse: Callable[[str], N], kind: str) -> 
     try:
         return parse(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not {kind}.") from None
+        raise SettingsError(f"{name}={raw!r} is not {kind}.") from None
 
 
 def _env_float(name: str, default: float) -> float:
@@ -54,7 +59,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 def _env_log_level(name: str, default: str) -> str:
     raw = os.environ.get(name) or default
     if raw.upper() not in LOG_LEVELS:
-        raise ValueError(f"{name}={raw!r} is not a log level: use one of {', '.join(LOG_LEVELS)}.")
+        raise SettingsError(f"{name}={raw!r} is not a log level: use one of {', '.join(LOG_LEVELS)}.")
     return raw.upper()
 
 

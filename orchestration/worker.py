@@ -15,9 +15,9 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from orchestration.attempts import StepActivities
 from orchestration.database import close_pool, open_pool
-from orchestration.logs import configure_logging
+from orchestration.logs import configure_logging, settings_or_exit
 from orchestration.metrics import ActivityCounter, metrics_meter
-from orchestration.settings import Settings, WorkerSettings, get_settings
+from orchestration.settings import Settings, WorkerSettings
 from orchestration.temporal_client import connect, exit_without_teardown
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ async def serve(
 ) -> None:
     """Run one worker until SIGTERM/SIGINT: `task_queue_of(settings)` names its queue, and it
     runs `workflows` and the activities of `activities_class`."""
-    settings = get_settings()
+    settings = settings_or_exit()
     configure_logging(settings.log_level)
     # With WORKER_SANDBOXED_WORKFLOWS the sandbox imports the workflow modules afresh for every
     # workflow run. Without their bytecode on disk (PYTHONDONTWRITEBYTECODE=1 is common in

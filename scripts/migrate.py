@@ -25,8 +25,7 @@ if not __package__:
     # Run as a file, this script's folder is on sys.path and the checkout is not.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestration.logs import configure_logging
-from orchestration.settings import get_settings
+from orchestration.logs import configure_logging, settings_or_exit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger("migrate")
@@ -70,7 +69,7 @@ def main() -> int:
     parser.add_argument("--wait-seconds", type=float, default=60.0)
     args = parser.parse_args()
 
-    settings = get_settings()
+    settings = settings_or_exit()
     configure_logging(settings.log_level)
     url = settings.database.url
     try:

@@ -3,9 +3,18 @@ naming the variable and what it takes, not a bare parsing error."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from orchestration.logs import BAD_SETTING_EXIT_STATUS
 from orchestration.settings import Settings
+
+REPO_ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.parametrize(("raw", "level"), [(None, "INFO"), ("", "INFO"), ("warning", "WARNING"), ("ERROR", "ERROR")])
@@ -43,3 +52,31 @@ def test_a_malformed_number_is_refused_naming_its_variable(name, raw, message, m
 def test_a_number_is_read(name, raw, field, monkeypatch):
     monkeypatch.setenv(name, raw)
     assert getattr(Settings().web, field) == float(raw)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "orchestration.order.worker"],
+        ["-m", "orchestration.shipping.worker"],
+        ["scripts/migrate.py"],
+        ["-m", "uvicorn", "web.app:app", "--port", "0"],
+    ],
+    ids=["order-worker", "shipping-worker", "migrate", "web"],
+)
+def test_a_process_given_a_bad_setting_stops_with_one_json_line_naming_it(command):
+    # Each entry point of the Procfile; none gets as far as connecting to anything.
+    stopped = subprocess.run(
+        [sys.executable, *command],
+        env={**os.environ, "MAX_ORDERS_IN_FLIGHT": "many"},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stopped.returncode == BAD_SETTING_EXIT_STATUS, stopped.stdout + stopped.stderr
+    lines = (stopped.stdout + stopped.stderr).splitlines()
+    assert len(lines) == 1, lines  # no traceback
+    line = json.loads(lines[0])
+    assert line["level"] == "error" and line["event"] == "bad_setting"
+    assert line["message"] == "MAX_ORDERS_IN_FLIGHT='many' is not a whole number."

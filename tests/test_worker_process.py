@@ -18,6 +18,7 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
+from orchestration.logs import BAD_SETTING_EXIT_STATUS
 from scripts.temporal_dev_server import dynamic_config_args
 from tests.conftest import BIN
 
@@ -112,5 +113,8 @@ async def test_the_sdk_cores_warnings_during_an_outage_are_json_lines(postgres, 
 def test_an_unknown_log_level_stops_the_worker_naming_the_levels_to_use(tmp_path):
     log = tmp_path / "worker.log"
     worker = start_worker(log, "postgresql://127.0.0.1:1/none", "127.0.0.1:1", {"LOG_LEVEL": "loud"})
-    assert worker.wait(timeout=START_TIMEOUT_SECONDS) != 0
-    assert "LOG_LEVEL='loud' is not a log level: use one of DEBUG, INFO, WARNING, ERROR." in log.read_text()
+    assert worker.wait(timeout=START_TIMEOUT_SECONDS) == BAD_SETTING_EXIT_STATUS
+    # Logging at INFO, since the level asked for is the bad setting.
+    [line] = [json.loads(text) for text in log.read_text().splitlines() if text.startswith("{")]
+    assert line["event"] == "bad_setting"
+    assert line["message"] == "LOG_LEVEL='loud' is not a log level: use one of DEBUG, INFO, WARNING, ERROR."

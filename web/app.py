@@ -15,8 +15,8 @@ from litestar.static_files import create_static_files_router
 from temporalio.client import Client
 
 from orchestration.database import close_pool, open_pool
-from orchestration.logs import configure_logging
-from orchestration.settings import Settings, get_settings
+from orchestration.logs import configure_logging, settings_or_exit
+from orchestration.settings import Settings
 from web.api import OrderController, health
 from web.board import BoardController
 from web.login import LoginController
@@ -38,7 +38,7 @@ def create_app(
 
     `manage_pool=False` leaves the database pool to the caller (tests share one pool across
     apps, so no app may close it)."""
-    settings = settings or get_settings()
+    settings = settings or settings_or_exit()
     order_service = OrderService(settings, TemporalConnection(settings, temporal_client))
     secret_key = signing_key(settings.web)
     operator_access = OperatorAccess(token=settings.web.operator_token, secret_key=secret_key)
