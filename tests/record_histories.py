@@ -2,14 +2,15 @@
 
 Usage: .venv/bin/python -m tests.record_histories
 
-Runs five orders on the Temporal dev server with the activity doubles of
-tests/test_order_workflow.py (happy path, cancel after charge with refund, a failed dispatch that
+Runs six orders on the Temporal dev server with the activity doubles of
+tests/test_order_workflow.py (happy path, cancel after charge with refund, cancel in review, a failed dispatch that
 the parent retries, dispatch failing until the deadline, an order approved before it had an
 address and given one by update) and writes each order's history, and
 those of its shipping children, as JSON to tests/histories/ (with workflow_ids.json naming the
 workflow id of each). Re-record only when a workflow change is meant to be incompatible with
 running orders; keep the previous histories in a subfolder, with a test in tests/test_replay.py
-that shows why they no longer replay."""
+that shows why they no longer replay. cancelled_in_review.json predates a `workflow.patched`
+branch and shows that it keeps such orders replaying: keep it as it is."""
 
 from __future__ import annotations
 
@@ -48,6 +49,11 @@ async def cancelled_after_charge(env, fakes, handle) -> None:
     await handle.signal(OrderWorkflow.cancel_order, CancelOrder("out of stock"))
 
 
+async def cancelled_in_review(env, fakes, handle) -> None:
+    await wait_for_state(handle, "awaiting_approval")
+    await handle.signal(OrderWorkflow.cancel_order, CancelOrder("customer called"))
+
+
 async def dispatch_retried(env, fakes, handle) -> None:
     await handle.signal(OrderWorkflow.approve)
 
@@ -65,6 +71,7 @@ async def address_after_approval(env, fakes, handle) -> None:
 SCENARIOS = {
     "happy": (happy, {}),
     "cancelled_after_charge": (cancelled_after_charge, {"hold": "prepare_package"}),
+    "cancelled_in_review": (cancelled_in_review, {}),
     "dispatch_retried": (dispatch_retried, {"dispatch_failures": "first_attempt", "policy": SHORT_DISPATCH}),
     "deadline_exceeded": (deadline_exceeded, {"dispatch_failures": "always", "policy": SHORT_ORDER}),
     "address_after_approval": (address_after_approval, {"address": None}),

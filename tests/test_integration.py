@@ -10,7 +10,7 @@ from collections import Counter
 from datetime import datetime
 
 from orchestration.database import connections_in_use
-from orchestration.models import CANCELLED, FAILED, SHIPPED, Address, Item, OrderInput
+from orchestration.models import CANCELLED, CHARGED, FAILED, SHIPPED, Address, CancelOrder, Item, OrderInput
 from orchestration.order.workflow import OrderWorkflow
 from orchestration.settings import get_settings
 from orchestration.tables import Event, Order, Payment
@@ -94,3 +94,43 @@ async def test_status_query_shows_failed_attempts_with_their_errors(workers):
         Event.order_id.is_in([order_id for order_id, _, _ in results]) & (Event.type == "attempt_failed")
     )
     assert recorded >= len([e for e in errors if e.attempt > 0])
+
+
+async def test_a_charge_a_lost_workflow_task_made_is_refunded_when_the_order_is_cancelled(workers):
+    """A worker killed in the middle of a workflow task takes that task's local activities out of
+    the history, not their effects: a charge stays in PostgreSQL. The workflow then runs again
+    from its last completed task, and a cancel that arrived meanwhile comes first, before its
+    own ChargePayment. The fault test found such orders cancelled with the money kept. Here the
+    database holds what the lost task left (the order received and charged), and the workflow,
+    knowing nothing of it, is cancelled before it would charge."""
+    order_id = f"lost-{uuid.uuid4().hex[:10]}"
+    payment_id = f"pay-{order_id}"
+    now = datetime.now().astimezone()
+    await Order.insert(
+        Order(id=order_id, state=CHARGED, payment_id=payment_id, items_json=[{"sku": "ABC", "qty": 2}],
+              created_at=now, updated_at=now, started_at=now)
+    )
+    await Payment.insert(
+        Payment(payment_id=payment_id, order_id=order_id, status="charged", amount=2, created_at=now)
+    )
+    handle = await workers.start_workflow(
+        OrderWorkflow.run,
+        OrderInput(
+            order_id=order_id,
+            payment_id=payment_id,
+            items=[Item("ABC", 2)],
+            address=HOME,
+            policy=get_settings().order_policy,
+            shipping_task_queue=SHIPPING_QUEUE,
+        ),
+        id=f"order-{order_id}",
+        task_queue=ORDERS_QUEUE,
+    )
+    await handle.signal(OrderWorkflow.cancel_order, CancelOrder("customer called"))
+    status = await handle.result()
+
+    assert status.state == CANCELLED
+    assert status.payment.status == "refunded"
+    assert await Payment.select(Payment.status).where(Payment.order_id == order_id) == [{"status": "refunded"}]
+    refunds = await Event.count().where((Event.order_id == order_id) & (Event.type == "payment_refunded"))
+    assert refunds == 1

@@ -121,6 +121,11 @@ class FakeActivities:
             status = "refunded" if self.charged else "not_charged"
             return PaymentResult(arg.payment_id, status, 1 if self.charged else 0, attempt)
 
+        @activity.defn(name="charged_on_record")
+        async def charged_on_record(arg: ChargePaymentInput) -> bool:
+            await self._enter("charged_on_record", arg)
+            return self.charged
+
         @activity.defn(name="mark_shipped")
         async def mark_shipped(arg: OrderRef) -> StepResult:
             return StepResult(attempt=await self._enter("mark_shipped", arg))
@@ -153,7 +158,7 @@ class FakeActivities:
             return StepResult(attempt=attempt)
 
         return [
-            receive_order, validate_order, charge_payment, refund_payment, mark_shipped,
+            receive_order, validate_order, charge_payment, refund_payment, charged_on_record, mark_shipped,
             record_address, close_order, record_event, prepare_package, dispatch_carrier,
         ]
 

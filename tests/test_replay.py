@@ -13,7 +13,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from orchestration.order.workflow import OrderWorkflow
+from orchestration.order.workflow import CHECK_CHARGE_ON_CLOSE_PATCH, OrderWorkflow
 from orchestration.shipping.workflow import ShippingWorkflow
 
 FOLDER = Path(__file__).resolve().parent / "histories"
@@ -27,8 +27,17 @@ REGULAR_IDS = json.loads((REGULAR / "workflow_ids.json").read_text())
 def test_every_scenario_has_a_recorded_history():
     names = {path.name.split(".")[0] for path in HISTORIES}
     assert names == {
-        "happy", "cancelled_after_charge", "dispatch_retried", "deadline_exceeded", "address_after_approval",
+        "happy", "cancelled_after_charge", "cancelled_in_review", "dispatch_retried", "deadline_exceeded",
+        "address_after_approval",
     }
+
+
+def test_a_history_from_before_the_charge_check_on_close_has_no_patch_marker():
+    """cancelled_in_review.json was recorded before a closing order asked the database for a
+    charge it did not know of (CHECK_CHARGE_ON_CLOSE_PATCH). It replays (above) only because
+    workflow.patched keeps the old path for a history without the marker: orders running when
+    that change is deployed carry on. Keep this file as it is when re-recording the others."""
+    assert CHECK_CHARGE_ON_CLOSE_PATCH not in (FOLDER / "cancelled_in_review.json").read_text()
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[path.stem for path in HISTORIES])

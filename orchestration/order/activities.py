@@ -84,6 +84,11 @@ class OrderActivities(StepActivities):
 
     @activity.defn
     @counted
+    async def charged_on_record(self, input: ChargePaymentInput) -> bool:
+        return await self._bookkeep(business.charged_on_record(input.order_id, input.payment_id))
+
+    @activity.defn
+    @counted
     async def record_event(self, input: RecordEventInput) -> None:
         await self._bookkeep(
             record_event(input.order_id, input.event_type, input.event_key, input.payload)
@@ -95,6 +100,7 @@ class OrderActivities(StepActivities):
             self.validate_order,
             self.charge_payment,
             self.refund_payment,
+            self.charged_on_record,
             self.mark_shipped,
             self.record_address,
             self.close_order,

@@ -174,6 +174,14 @@ async def _refund_payment(order_id: str, payment_id: str, reason: str) -> dict[s
     return await _refund_state(order_id, payment_id)
 
 
+async def charged_on_record(order_id: str, payment_id: str) -> bool:
+    """Whether the order's payment is on record as charged and not refunded. A charge can be
+    on record that the workflow does not know of: one made by a workflow task whose worker died
+    before completing it, after which the workflow ran again from its last completed task and
+    may have taken another path (a cancel now seen before the charge)."""
+    return (await _refund_state(order_id, payment_id))["status"] == "charged"
+
+
 async def _refund_state(order_id: str, payment_id: str) -> dict[str, Any]:
     """The order's payment as a refund sees it: its status and amount, or not charged."""
     stored = (

@@ -69,6 +69,10 @@ with workflow.unsafe.imports_passed_through():
     from orchestration.policy import MUST_COMPLETE_TIMEOUT, bookkeeping_retry_policy, retry_policy
     from orchestration.steps import STEP_FAILURES, StepBook, failure_message, is_deadline, time_left
 
+CHECK_CHARGE_ON_CLOSE_PATCH = "check-charge-on-close"
+"""Closing an order that this run never charged asks the database for a charge all the same
+(a marker in the history); histories recorded before it replay without the question."""
+
 
 @workflow.defn
 class OrderWorkflow(OrderActions, OrderShipping):
@@ -234,6 +238,15 @@ class OrderWorkflow(OrderActions, OrderShipping):
 
     async def _close(self, state: str, reason: str) -> None:
         self._closing = True
+        if not self._charge_started and workflow.patched(CHECK_CHARGE_ON_CLOSE_PATCH):
+            # A worker killed in the middle of a workflow task takes that task's local activities
+            # out of the history, their effects staying real: this run may never have charged,
+            # while the run before it did, then a cancel arrived and now comes first. Ask the
+            # database rather than trust this run's memory.
+            self._charge_started = await self._bookkeeping(
+                OrderActivities.charged_on_record,
+                ChargePaymentInput(self._input.order_id, self._input.payment_id),
+            )
         if self._charge_started:
             refund = await self._run_step(
                 "refund_payment",
@@ -315,10 +328,10 @@ class OrderWorkflow(OrderActions, OrderShipping):
             reason=reason,
         )
 
-    async def _bookkeeping(self, activity, arg: Any) -> None:
-        """A write with no outside call (a local activity too): it must happen however long it
-        takes, so its budget only bounds a database outage, retried with backoff."""
-        await workflow.execute_local_activity_method(
+    async def _bookkeeping(self, activity, arg: Any) -> Any:
+        """A write or read with no outside call (a local activity too): it must happen however
+        long it takes, so its budget only bounds a database outage, retried with backoff."""
+        return await workflow.execute_local_activity_method(
             activity,
             arg,
             schedule_to_close_timeout=MUST_COMPLETE_TIMEOUT,
