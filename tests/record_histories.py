@@ -9,8 +9,9 @@ address and given one by update) and writes each order's history, and
 those of its shipping children, as JSON to tests/histories/ (with workflow_ids.json naming the
 workflow id of each). Re-record only when a workflow change is meant to be incompatible with
 running orders; keep the previous histories in a subfolder, with a test in tests/test_replay.py
-that shows why they no longer replay. cancelled_in_review.json predates a `workflow.patched`
-branch and shows that it keeps such orders replaying: keep it as it is."""
+that shows why they no longer replay. cancelled_in_review.json and
+cancelled_after_charge.shipping-1.json predate two `workflow.patched` branches and show that
+they keep such orders replaying: keep them as they are."""
 
 from __future__ import annotations
 

@@ -75,6 +75,7 @@ class FakeActivities:
     reached: dict[str, asyncio.Event] = field(default_factory=dict)
     calls: list[tuple[str, object]] = field(default_factory=list)
     charged: bool = False
+    dispatched: bool = False
 
     def hold(self, step: str) -> None:
         self.gates[step] = asyncio.Event()
@@ -155,11 +156,18 @@ class FakeActivities:
                 raise ApplicationError("the carrier does not serve this address", type="BusinessRuleViolation", non_retryable=True)
             if self.dispatch_failures == "always":
                 raise ApplicationError("carrier unreachable", type="CarrierDown")
+            self.dispatched = True
             return StepResult(attempt=attempt)
+
+        @activity.defn(name="dispatched_on_record")
+        async def dispatched_on_record(arg: ShippingStepInput) -> bool:
+            await self._enter("dispatched_on_record", arg)
+            return self.dispatched
 
         return [
             receive_order, validate_order, charge_payment, refund_payment, charged_on_record, mark_shipped,
             record_address, close_order, record_event, prepare_package, dispatch_carrier,
+            dispatched_on_record,
         ]
 
 
@@ -297,6 +305,24 @@ async def test_cancel_after_charge_refunds_the_payment(time_skipping, fakes):
     assert fakes.names().count("refund_payment") == 1
     assert status.payment.status == "refunded"
     assert "dispatch_carrier" not in fakes.names() and "mark_shipped" not in fakes.names()
+
+
+async def test_goods_a_lost_workflow_task_dispatched_make_a_later_cancel_refused(time_skipping, fakes):
+    """A worker killed in the middle of a workflow task takes that task's local activities out
+    of the history, not their effects: the carrier was called, and the shipping attempt, run
+    again from its last completed task, now sees a cancel before its own dispatch. The goods
+    left all the same (the database says so): the cancel is refused and the order ships."""
+    fakes.dispatched = True  # on record, from the task the killed worker never completed
+    fakes.hold("prepare_package")
+    async with running_order(time_skipping, fakes) as handle:
+        await handle.signal(OrderWorkflow.approve)
+        await fakes.reached["prepare_package"].wait()
+        await handle.signal(OrderWorkflow.cancel_order, CancelOrder("out of stock"))
+        status = await handle.result()
+    assert status.state == SHIPPED
+    assert status.payment.status == "charged"
+    assert "dispatch_carrier" not in fakes.names() and "refund_payment" not in fakes.names()
+    assert fakes.names().count("dispatched_on_record") == 1
 
 
 async def test_address_change_while_the_package_is_prepared_is_refused_honestly(time_skipping, fakes):

@@ -115,6 +115,22 @@ async def test_a_charge_or_refund_on_record_is_never_sent_to_the_provider_again(
     assert (await events_of(order_id)).count("payment_refunded") == 1
 
 
+async def test_goods_on_record_are_never_sent_to_the_carrier_again(database, monkeypatch, order_id):
+    """A shipping attempt run again after its worker died mid-task (or a later attempt) must not
+    send the goods twice: with the dispatch on record, flaky_call, the carrier, is not called.
+    Here it would raise at once (random.random pinned to its failure branch, in this test only)."""
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.9)
+    await received_order(order_id)
+    await business.order_validated(order_id)
+    await business.payment_charged(order_id, f"pay-{order_id}")
+    assert not await shipping_business.dispatched_on_record(order_id)
+    assert await shipping_business.carrier_dispatched(order_id, 1, HOME) == "Dispatched"
+    assert await shipping_business.dispatched_on_record(order_id)
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.1)
+    assert await shipping_business.carrier_dispatched(order_id, 2, HOME) == "Dispatched"
+    assert (await events_of(order_id)).count("carrier_dispatched") == 1
+
+
 async def test_a_payment_id_cannot_pay_for_two_orders(database, flaky_succeeds, order_id):
     other = f"{order_id}-other"
     await received_order(order_id)

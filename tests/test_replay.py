@@ -14,7 +14,7 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
 from orchestration.order.workflow import CHECK_CHARGE_ON_CLOSE_PATCH, OrderWorkflow
-from orchestration.shipping.workflow import ShippingWorkflow
+from orchestration.shipping.workflow import CHECK_DISPATCH_ON_CANCEL_PATCH, ShippingWorkflow
 
 FOLDER = Path(__file__).resolve().parent / "histories"
 WORKFLOW_IDS = json.loads((FOLDER / "workflow_ids.json").read_text())
@@ -32,12 +32,20 @@ def test_every_scenario_has_a_recorded_history():
     }
 
 
-def test_a_history_from_before_the_charge_check_on_close_has_no_patch_marker():
-    """cancelled_in_review.json was recorded before a closing order asked the database for a
-    charge it did not know of (CHECK_CHARGE_ON_CLOSE_PATCH). It replays (above) only because
-    workflow.patched keeps the old path for a history without the marker: orders running when
-    that change is deployed carry on. Keep this file as it is when re-recording the others."""
-    assert CHECK_CHARGE_ON_CLOSE_PATCH not in (FOLDER / "cancelled_in_review.json").read_text()
+@pytest.mark.parametrize(
+    ("name", "patch"),
+    [
+        ("cancelled_in_review.json", CHECK_CHARGE_ON_CLOSE_PATCH),
+        ("cancelled_after_charge.shipping-1.json", CHECK_DISPATCH_ON_CANCEL_PATCH),
+    ],
+)
+def test_histories_from_before_the_checks_for_lost_effects_have_no_patch_marker(name: str, patch: str):
+    """These were recorded before a closing order asked the database for a charge it did not
+    know of, and a cancelled shipping attempt for a dispatch it did not know of. They replay
+    (above) only because workflow.patched keeps the old path for a history without the marker:
+    orders running when those changes are deployed carry on. Keep these files as they are when
+    re-recording the others."""
+    assert patch not in (FOLDER / name).read_text()
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[path.stem for path in HISTORIES])

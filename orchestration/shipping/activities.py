@@ -32,5 +32,10 @@ class ShippingActivities(StepActivities):
         )
         return StepResult(attempt=activity.info().attempt, detail=detail, errors=errors)
 
+    @activity.defn
+    @counted
+    async def dispatched_on_record(self, input: ShippingStepInput) -> bool:
+        return await self._bookkeep(business.dispatched_on_record(input.order_id))
+
     def activities(self) -> list:
-        return [self.prepare_package, self.dispatch_carrier]
+        return [self.prepare_package, self.dispatch_carrier, self.dispatched_on_record]

@@ -18,6 +18,7 @@ from orchestration.attempts import outside_call_starts, record
 from orchestration.flaky import flaky_call
 from orchestration.models import CHARGED, DISPATCHED, SHIPPING, Address
 from orchestration.records import BusinessRuleViolation, advance_with_event
+from orchestration.tables import Event
 
 async def package_prepared(order_id: str, shipping_attempt: int) -> str:
     outside_call_starts()
@@ -38,8 +39,12 @@ async def package_prepared(order_id: str, shipping_attempt: int) -> str:
 async def carrier_dispatched(
     order_id: str, shipping_attempt: int, address: Optional[Address]
 ) -> str:
+    """Dispatch the order's goods once. The record is checked first: goods already on their way
+    (a step run again after its worker died, see dispatched_on_record) are not sent again."""
     if address is None:
         raise BusinessRuleViolation("the order has no shipping address")
+    if await dispatched_on_record(order_id):
+        return "Dispatched"
     outside_call_starts()
     await flaky_call()
     # One dispatch per order, whichever shipping attempt achieved it.
@@ -53,3 +58,11 @@ async def carrier_dispatched(
         )
     )
     return "Dispatched"
+
+
+async def dispatched_on_record(order_id: str) -> bool:
+    """Whether the carrier was dispatched for the order. A dispatch can be on record that the
+    shipping workflow does not know of: one made in a workflow task whose worker died before
+    completing it, after which the workflow ran again from its last completed task and may have
+    taken another path (a cancel now seen before the dispatch)."""
+    return await Event.exists().where(Event.event_key == f"{order_id}:carrier_dispatched")

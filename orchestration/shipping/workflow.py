@@ -34,7 +34,13 @@ with workflow.unsafe.imports_passed_through():
         ShippingStatus,
         ShippingStepInput,
     )
-    from orchestration.policy import COMMIT_DELAY, DEADLINE_EXCEEDED_ERROR, retry_policy
+    from orchestration.policy import (
+        COMMIT_DELAY,
+        DEADLINE_EXCEEDED_ERROR,
+        MUST_COMPLETE_TIMEOUT,
+        bookkeeping_retry_policy,
+        retry_policy,
+    )
     from orchestration.steps import (
         STEP_FAILURES,
         StepBook,
@@ -43,6 +49,10 @@ with workflow.unsafe.imports_passed_through():
         is_rejection,
         time_left,
     )
+
+CHECK_DISPATCH_ON_CANCEL_PATCH = "check-dispatch-on-cancel"
+"""A shipping attempt cancelled before this run dispatched asks the database whether the goods
+left all the same (a marker in the history); histories recorded before it replay without."""
 
 # Signals to the parent, by name: the parent's module imports this one.
 DISPATCH_FAILED_SIGNAL = "dispatch_failed"
@@ -101,10 +111,10 @@ class ShippingWorkflow:
         if not prepare.done():
             prepare.cancel()
             self._book.fail("prepare_package", self._cancel_reason, status="cancelled")
-            return self._cancelled()
+            return await self._cancelled_unless_dispatched()
         await self._finish("prepare_package", prepare)
         if self._cancel_reason is not None:
-            return self._cancelled()
+            return await self._cancelled_unless_dispatched()
         self._dispatch = self._start("dispatch_carrier", ShippingActivities.dispatch_carrier, self._dispatch_budget())
         self._dispatching = True
         try:
@@ -115,7 +125,7 @@ class ShippingWorkflow:
 
     async def _ship_after_cancellation(self) -> ShippingResult:
         if not self._dispatching:
-            return self._cancelled()
+            return await self._cancelled_unless_dispatched()
         return await self._settle_dispatch()
 
     async def _settle_dispatch(self) -> ShippingResult:
@@ -134,9 +144,27 @@ class ShippingWorkflow:
             )
             self._book.log("asked the order for another shipping attempt", "dispatch_failed", error=reason)
             return self._result("dispatch_failed", reason)
+        return self._dispatched()
+
+    def _dispatched(self) -> ShippingResult:
         if self._cancel_reason is not None:
             self._book.note_refusal("cancel_order", "the carrier was dispatched before the cancel took effect")
         return self._result("dispatched")
+
+    async def _cancelled_unless_dispatched(self) -> ShippingResult:
+        """Cancelled, unless the goods left all the same. A worker killed in the middle of a
+        workflow task takes that task's local activities out of the history, their effects
+        staying real: this run never dispatched, while the run before it may have, then a
+        cancel arrived and now comes first. Ask the database rather than trust this run's
+        memory."""
+        if workflow.patched(CHECK_DISPATCH_ON_CANCEL_PATCH) and await workflow.execute_local_activity_method(
+            ShippingActivities.dispatched_on_record,
+            ShippingStepInput(self._input.order_id, self._input.shipping_attempt, self._address),
+            schedule_to_close_timeout=MUST_COMPLETE_TIMEOUT,
+            retry_policy=bookkeeping_retry_policy(),
+        ):
+            return self._dispatched()
+        return self._cancelled()
 
     def _result(self, outcome: str, reason: str = "") -> ShippingResult:
         return ShippingResult(
