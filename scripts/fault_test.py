@@ -15,8 +15,11 @@ dev server (scripts/temporal_dev_server.py), the migrations (scripts/migrate.py)
 run ends, however it ends (and killed by the kernel if this process dies first).
 
 Orders are started with POST /orders/{id}/start, approved right after with
-POST /orders/{id}/signals/approve and polled with GET /orders/{id}/status, C at a time; every
-request is retried with backoff through connection errors and 503 (see Api). Meanwhile, each
+POST /orders/{id}/signals/approve and polled with GET /orders/{id}/status, C at a time; a
+quarter of them (--cancel-share) an operator cancels with POST /orders/{id}/signals/cancel 0 to
+1.5 s after the start, racing the approval, so that cancels land before it, during the charge
+and shipping, and after the end, and paid orders are refunded while the faults fire. Every request is retried with
+backoff through connection errors and 503 (see Api). Meanwhile, each
 fault fires once a random number of orders (seeded RNG; the seed is printed) has started:
 
   workers   SIGKILL the order worker and the shipping worker --kills times each, restarting each
@@ -34,6 +37,8 @@ workflow's result):
 - no fact is recorded twice: the unique index on events.event_key exists, and once-only facts
   (received, charged, dispatched, shipped, refunded, closed) appear at most once per order;
 - orders.state, the payment's status and the API's last answer equal the workflow's result;
+- a cancel answered 200 names the state the order ended in, and one refused (409) did not
+  cancel it;
 - every SIGTERM ends its worker with status 0 within GRACEFUL_STOP_LIMIT_SECONDS, with every
   pooled database connection given back;
 - the API answered every outage with 503 and Retry-After: any other 5xx (a 500 is an outage
@@ -70,12 +75,24 @@ from orchestration.temporal_client import exit_without_teardown
 from scripts.drive.api import Api
 from scripts.drive.tables import table
 from scripts.faults.invariants import INVARIANTS, Findings, check_invariants
-from scripts.faults.plan import SCENARIOS, plan_faults
+from scripts.faults.plan import SCENARIOS, plan_cancels, plan_faults
 from scripts.faults.run import OrderRecord, RunProgress, inject_faults, log, report_progress, run_orders
 from scripts.faults.system import StartupFailed, System
 
 
-def report(args: argparse.Namespace, system: System, api: Api, findings: Findings, wall_seconds: float) -> str:
+def cancel_answers(records: list[OrderRecord]) -> str:
+    sent = [record.cancel_status for record in records if record.cancel_after is not None]
+    return f"{len(sent)}; " + " / ".join(str(sent.count(status)) for status in (200, 202, 409))
+
+
+def report(
+    args: argparse.Namespace,
+    system: System,
+    api: Api,
+    records: list[OrderRecord],
+    findings: Findings,
+    wall_seconds: float,
+) -> str:
     faults = system.faults
 
     def check(invariant: str) -> tuple[str, str, str]:
@@ -98,6 +115,7 @@ def report(args: argparse.Namespace, system: System, api: Api, findings: Finding
         ("web restarts", f"{len(faults.web_outage_seconds)}{outages(faults.web_outage_seconds)}", ""),
         ("client retries", str(sum(api.retried.values())) + (
             f" ({', '.join(f'{cause} {n}' for cause, n in api.retried.most_common())})" if api.retried else ""), ""),
+        ("operator cancels: sent; answered 200 / 202 / 409", cancel_answers(records), ""),
         ("shipped", str(findings.states[SHIPPED]), ""),
         ("cancelled", str(findings.states[CANCELLED]), ""),
         ("failed", str(findings.states[FAILED]), ""),
@@ -113,6 +131,7 @@ def report(args: argparse.Namespace, system: System, api: Api, findings: Finding
 async def fault_test(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     faults = plan_faults(rng, args)
+    cancels = plan_cancels(rng, args)
     root = Path(tempfile.mkdtemp(prefix="orders-fault-test-"))
     system = System(root)
     keep_dir = args.keep_dir
@@ -132,7 +151,7 @@ async def fault_test(args: argparse.Namespace) -> int:
 
         began = time.monotonic()
         run_id = f"ft{args.seed}-{int(time.time())}"
-        records = [OrderRecord(f"{run_id}-{n}") for n in range(args.orders)]
+        records = [OrderRecord(f"{run_id}-{n}", cancel_after) for n, cancel_after in enumerate(cancels)]
         progress = RunProgress()
         api = Api(system.web_url)
         reporter = asyncio.create_task(report_progress(progress, args.orders, len(faults)))
@@ -152,7 +171,7 @@ async def fault_test(args: argparse.Namespace) -> int:
         await asyncio.gather(*(system.stop_worker_gracefully(name, "at the end") for name in system.workers))
         findings = await check_invariants(system, records, api)
 
-        print(report(args, system, api, findings, wall_seconds), flush=True)
+        print(report(args, system, api, records, findings, wall_seconds), flush=True)
         failed = {name: details for name, details in findings.problems.items() if details}
         for invariant, details in failed.items():
             print(f"FAIL {invariant}: {len(details)}; first: {details[:5]}", flush=True)
@@ -181,6 +200,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--scenario", dest="scenarios", action="append", choices=(*SCENARIOS, "all"),
                         help="faults to inject (repeatable; default all)")
     parser.add_argument("--kills", type=int, help="SIGKILLs per worker (default 3; --short 1)")
+    parser.add_argument("--cancel-share", type=float, default=0.25,
+                        help="share of orders an operator cancels, 0-1.5 s after their start (default 0.25)")
     parser.add_argument("--database-restarts", type=int, default=1, help="default 1")
     parser.add_argument("--web-restarts", type=int, default=1, help="default 1")
     parser.add_argument("--seed", type=int, default=random.SystemRandom().randrange(1_000_000),

@@ -56,5 +56,8 @@ def test_short_fault_run_keeps_every_invariant():
     assert table_value(result.stdout, "db restarts").startswith("1 ")
     assert table_value(result.stdout, "web restarts").startswith("1 ")
     assert table_value(result.stdout, "SIGTERM order-worker mid-run").startswith("exit 0 in ")
+    # Operators cancelled orders among the faults (about a quarter of the 40).
+    cancels = table_value(result.stdout, "operator cancels: sent; answered 200 / 202 / 409")
+    assert int(cancels.split(";")[0]) > 0, cancels
     states = sum(int(table_value(result.stdout, state)) for state in ("shipped", "cancelled", "failed"))
     assert states == int(table_value(result.stdout, "orders")) == 40

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from orchestration.models import CANCELLED, FAILED, SHIPPED, TERMINAL_STATES
 from scripts.drive.api import Api
 from scripts.drive.recorded import read_database, workflow_outcomes
-from scripts.faults.run import OrderRecord
+from scripts.faults.run import OPERATOR_CANCEL_REASON, OrderRecord
 from scripts.faults.system import System
 
 # Facts an order records at most once, whatever retried; package_prepared is once per shipping
@@ -55,10 +55,12 @@ API_MISMATCHES = "api mismatches (api vs workflow)"
 UNGRACEFUL_STOPS = "graceful stops not clean"
 SERVER_ERRORS = "5xx other than 503 + Retry-After"
 LATE = "orders ended past their 15 s"
+CANCEL_MISMATCHES = "cancel answers vs outcome"
+DISPATCHED_NOT_SHIPPED = "dispatched, yet cancelled/failed"
 INVARIANTS = (
     NOT_STARTED, NOT_TERMINAL, SHIPPED_NOT_CHARGED_ONCE, LEFT_CHARGED, SEVERAL_PAYMENTS,
     DUPLICATE_CHARGES, DUPLICATE_EVENTS, STATE_MISMATCHES, PAYMENT_MISMATCHES, API_MISMATCHES,
-    UNGRACEFUL_STOPS, SERVER_ERRORS, LATE,
+    CANCEL_MISMATCHES, DISPATCHED_NOT_SHIPPED, UNGRACEFUL_STOPS, SERVER_ERRORS, LATE,
 )
 
 
@@ -99,9 +101,12 @@ async def check_invariants(system: System, records: list[OrderRecord], api: Api)
             findings.broken(SHIPPED_NOT_CHARGED_ONCE, f"{order_id}: payments {statuses}")
         if outcome.state in (CANCELLED, FAILED) and "charged" in statuses:
             findings.broken(LEFT_CHARGED, f"{order_id} ({outcome.state}): payments {statuses}")
+        facts = database.event_counts.get(order_id, Counter())
+        # Goods that left make the order shipped, whatever else happened.
+        if outcome.state in (CANCELLED, FAILED) and facts["carrier_dispatched"]:
+            findings.broken(DISPATCHED_NOT_SHIPPED, f"{order_id} ({outcome.state}: {outcome.reason})")
         if len(statuses) > 1:
             findings.broken(SEVERAL_PAYMENTS, f"{order_id}: payments {statuses}")
-        facts = database.event_counts.get(order_id, Counter())
         if facts["payment_charged"] > 1:
             findings.broken(DUPLICATE_CHARGES, f"{order_id}: {facts['payment_charged']} payment_charged events")
         repeated = {kind: facts[kind] for kind in ONCE_PER_ORDER_EVENTS if facts[kind] > 1}
@@ -119,6 +124,15 @@ async def check_invariants(system: System, records: list[OrderRecord], api: Api)
             findings.broken(PAYMENT_MISMATCHES, f"{order_id}: db {statuses}, workflow {outcome.payment_status}")
         if record.api_state != outcome.state:
             findings.broken(API_MISMATCHES, f"{order_id}: api {record.api_state}, workflow {outcome.state}")
+        # A cancel answers 200 once it has taken effect (or the order ended first), saying how
+        # the order ended; a refusal (409) means it did not take effect (unless it was sent
+        # again, and the first one had).
+        if record.cancel_status == 200 and record.cancel_state != outcome.state:
+            findings.broken(CANCEL_MISMATCHES, f"{order_id}: cancel answered {record.cancel_state}, "
+                                               f"workflow {outcome.state}")
+        if (record.cancel_status == 409 and not record.cancel_retried
+                and outcome.state == CANCELLED and outcome.reason == OPERATOR_CANCEL_REASON):
+            findings.broken(CANCEL_MISMATCHES, f"{order_id}: cancel refused, yet the order was cancelled by it")
 
     for stop in system.faults.graceful_stops:
         if not stop.clean:

@@ -1,16 +1,22 @@
-"""The fault plan: which faults fire, after how many started orders, drawn from the seeded RNG."""
+"""The fault plan, drawn from the seeded RNG: which faults fire after how many started orders, and
+which orders an operator cancels when."""
 
 from __future__ import annotations
 
 import argparse
 import random
 from dataclasses import dataclass
+from typing import Optional
 
 SCENARIOS = ("workers", "graceful", "database", "web")
 # Faults fire between these shares of the orders started, so that orders are in flight before,
 # during and after each of them.
 FAULT_WINDOW = (0.1, 0.8)
 RESTART_PAUSE_SECONDS = (0.5, 2.0)
+# An operator's cancel comes this long after the order's start answered: an order takes about
+# 0.5 to 2 s from there under the fault test's load, so cancels land before the approval, while
+# charging, while shipping and after the end.
+CANCEL_AFTER_SECONDS = (0.0, 1.5)
 
 
 @dataclass
@@ -53,4 +59,13 @@ def plan_faults(rng: random.Random, args: argparse.Namespace) -> list[Fault]:
     return [
         Fault(action, target, moment, rng.uniform(*RESTART_PAUSE_SECONDS))
         for (action, target), moment in zip(wanted, moments)
+    ]
+
+
+def plan_cancels(rng: random.Random, args: argparse.Namespace) -> list[Optional[float]]:
+    """For each order, the seconds after its approval at which an operator cancels it, or None
+    (for about `args.cancel_share` of the orders, a time)."""
+    return [
+        rng.uniform(*CANCEL_AFTER_SECONDS) if rng.random() < args.cancel_share else None
+        for _ in range(args.orders)
     ]

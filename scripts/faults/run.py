@@ -7,6 +7,7 @@ import asyncio
 import sys
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import httpx
 
@@ -17,6 +18,7 @@ from scripts.faults.plan import Fault
 from scripts.faults.system import System
 
 PROGRESS_INTERVAL_SECONDS = 5.0
+OPERATOR_CANCEL_REASON = "fault test: operator cancel"
 
 
 def log(message: str) -> None:
@@ -26,10 +28,17 @@ def log(message: str) -> None:
 @dataclass
 class OrderRecord:
     order_id: str
+    cancel_after: Optional[float] = None
+    """Seconds after its start at which an operator cancels the order; None: never."""
     started: bool = False
     api_state: str = "not started"
     """The state the API answered last."""
     error: str = ""
+    cancel_status: Optional[int] = None
+    """The HTTP status of the operator's cancel (200: its outcome, 202: queued or pending)."""
+    cancel_state: Optional[str] = None
+    """The state a cancel answered 200 said the order ended in."""
+    cancel_retried: bool = False
 
 
 @dataclass
@@ -49,9 +58,20 @@ async def run_order(api: Api, record: OrderRecord, progress: RunProgress, args: 
     record.started = True
     record.api_state = "started"
     progress.started += 1
-    # 409 is a valid answer: review may be over (timed out while a worker was down) or an
-    # earlier attempt of this request got through.
-    await api.request("POST", f"/orders/{record.order_id}/signals/approve")
+    # The operator's cancel races the approval and the steps, as it would from the board.
+    cancel = None if record.cancel_after is None else asyncio.create_task(cancel_order(api, record))
+    try:
+        # 409 is a valid answer: review may be over (timed out while a worker was down), the
+        # order cancelled, or an earlier attempt of this request got through.
+        await api.request("POST", f"/orders/{record.order_id}/signals/approve")
+        await follow_order(api, record, progress, args)
+    finally:
+        if cancel is not None:
+            await cancel
+
+
+async def follow_order(api: Api, record: OrderRecord, progress: RunProgress, args: argparse.Namespace) -> None:
+    """Poll the order's status until it is terminal, or until --settle-seconds have passed."""
     give_up_at = time.monotonic() + args.settle_seconds
     while time.monotonic() < give_up_at:
         await asyncio.sleep(args.poll_interval)
@@ -69,6 +89,22 @@ async def run_order(api: Api, record: OrderRecord, progress: RunProgress, args: 
             progress.terminal += 1
             return
     record.error = record.error or f"not terminal {args.settle_seconds:g} s after its start"
+
+
+async def cancel_order(api: Api, record: OrderRecord) -> None:
+    """Cancel as an operator would, `cancel_after` seconds after the start answered: before the
+    approval, while charging, while shipping, or after the end (409)."""
+    await asyncio.sleep(record.cancel_after or 0.0)
+    try:
+        response, record.cancel_retried = await api.request(
+            "POST", f"/orders/{record.order_id}/signals/cancel", {"reason": OPERATOR_CANCEL_REASON}
+        )
+    except httpx.TransportError as err:
+        record.error = f"cancel: {type(err).__name__}: {err}"
+        return
+    record.cancel_status = response.status_code
+    if response.status_code == 200:
+        record.cancel_state = response.json().get("state")
 
 
 async def run_orders(api: Api, records: list[OrderRecord], progress: RunProgress, args: argparse.Namespace) -> None:
