@@ -67,8 +67,10 @@ STICKY_SCHEDULE_TO_START_SECONDS = 1.0
 worker may take it (Temporal's default is 5 s): after a worker is killed, its orders carry on
 elsewhere this much later, well inside their 15 s."""
 COMMIT_DELAY = timedelta(milliseconds=1)
-"""The timer a shipping attempt waits on so that the carrier call's result is committed before
-the attempt completes (see orchestration/shipping/workflow.py)."""
+"""The timer a workflow waits on to end its workflow task, so that what the task decided is in
+the history before anything acts on it: a shipping attempt after the carrier call (see
+orchestration/shipping/workflow.py), an order before it refunds and closes (see
+orchestration/order/workflow.py)."""
 
 ADMISSION_LIMIT = 12
 """Orders doing work at once (orders parked at review, waiting for a person, do not count).

@@ -10,9 +10,11 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Awaitable, Callable, Optional
 
 import pytest
 from temporalio import activity, workflow
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -76,6 +78,8 @@ class FakeActivities:
     calls: list[tuple[str, object]] = field(default_factory=list)
     charged: bool = False
     dispatched: bool = False
+    at_close: Optional[Callable[[], Awaitable[None]]] = None
+    """Run by close_order before it returns."""
 
     def hold(self, step: str) -> None:
         self.gates[step] = asyncio.Event()
@@ -138,6 +142,8 @@ class FakeActivities:
         @activity.defn(name="close_order")
         async def close_order(arg: CloseOrderInput) -> None:
             await self._enter("close_order", arg)
+            if self.at_close is not None:
+                await self.at_close()
 
         @activity.defn(name="record_event")
         async def record_event(arg: RecordEventInput) -> None:
@@ -305,6 +311,26 @@ async def test_cancel_after_charge_refunds_the_payment(time_skipping, fakes):
     assert fakes.names().count("refund_payment") == 1
     assert status.payment.status == "refunded"
     assert "dispatch_carrier" not in fakes.names() and "mark_shipped" not in fakes.names()
+
+
+async def test_a_cancel_is_in_the_history_before_the_order_refunds_and_closes(time_skipping, fakes):
+    """An update the workflow accepts is in the history only once the task that accepted it
+    completes. Refunding and closing in that same task, a worker killed before completing it
+    lost the cancel but not its effects: the next run shipped the order the database called
+    cancelled (found by the fault test). The order now ends that task first."""
+    histories: list[list[EventType.ValueType]] = []
+
+    async def record_history() -> None:
+        history = await time_skipping.client.get_workflow_handle(handle.id).fetch_history()
+        histories.append([event.event_type for event in history.events])
+
+    fakes.at_close = record_history
+    async with running_order(time_skipping, fakes) as handle:
+        await wait_for_state(handle, "awaiting_approval")
+        answer = await handle.execute_update(OrderWorkflow.cancel_update, CancelOrder("customer called"))
+        status = await handle.result()
+    assert answer.state == status.state == CANCELLED
+    assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED in histories[0]
 
 
 async def test_goods_a_lost_workflow_task_dispatched_make_a_later_cancel_refused(time_skipping, fakes):

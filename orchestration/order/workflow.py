@@ -66,12 +66,17 @@ with workflow.unsafe.imports_passed_through():
     from orchestration.order.shipping import OrderShipping
     from orchestration.order.stopped import OrderStopped
     from orchestration.order.activities import OrderActivities
-    from orchestration.policy import MUST_COMPLETE_TIMEOUT, bookkeeping_retry_policy, retry_policy
+    from orchestration.policy import (
+        COMMIT_DELAY,
+        MUST_COMPLETE_TIMEOUT,
+        bookkeeping_retry_policy,
+        retry_policy,
+    )
     from orchestration.steps import STEP_FAILURES, StepBook, failure_message, is_deadline, time_left
 
-CHECK_CHARGE_ON_CLOSE_PATCH = "check-charge-on-close"
-"""Closing an order that this run never charged asks the database for a charge all the same
-(a marker in the history); histories recorded before it replay without the question."""
+DURABLE_CLOSE_PATCH = "durable-close"
+"""Closing an order first commits the decision to close, then asks the database for a charge
+this run never made (markers in the history); histories recorded before it replay without."""
 
 
 @workflow.defn
@@ -238,15 +243,20 @@ class OrderWorkflow(OrderActions, OrderShipping):
 
     async def _close(self, state: str, reason: str) -> None:
         self._closing = True
-        if not self._charge_started and workflow.patched(CHECK_CHARGE_ON_CLOSE_PATCH):
-            # A worker killed in the middle of a workflow task takes that task's local activities
-            # out of the history, their effects staying real: this run may never have charged,
-            # while the run before it did, then a cancel arrived and now comes first. Ask the
-            # database rather than trust this run's memory.
-            self._charge_started = await self._bookkeeping(
-                OrderActivities.charged_on_record,
-                ChargePaymentInput(self._input.order_id, self._input.payment_id),
-            )
+        # A worker killed in the middle of a workflow task takes that task's local activities
+        # out of the history, their effects staying real, and with them the updates the task
+        # accepted. The next run starts from the last completed task and may take another path.
+        if workflow.patched(DURABLE_CLOSE_PATCH):
+            # Make the decision to close durable before acting on it: a cancel accepted in a task
+            # that is then lost must not have refunded or closed an order the next run ships.
+            await workflow.sleep(COMMIT_DELAY, summary="commit the decision to close")
+            if not self._charge_started:
+                # This run never charged, but the run before it may have, before a cancel that
+                # now comes first: ask the database rather than this run's memory.
+                self._charge_started = await self._bookkeeping(
+                    OrderActivities.charged_on_record,
+                    ChargePaymentInput(self._input.order_id, self._input.payment_id),
+                )
         if self._charge_started:
             refund = await self._run_step(
                 "refund_payment",
