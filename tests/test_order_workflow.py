@@ -10,7 +10,7 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable
 
 import pytest
 from temporalio import activity, workflow
@@ -78,8 +78,8 @@ class FakeActivities:
     calls: list[tuple[str, object]] = field(default_factory=list)
     charged: bool = False
     dispatched: bool = False
-    at_close: Optional[Callable[[], Awaitable[None]]] = None
-    """Run by close_order before it returns."""
+    hooks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    """Run when the step of that name is called."""
 
     def hold(self, step: str) -> None:
         self.gates[step] = asyncio.Event()
@@ -98,6 +98,8 @@ class FakeActivities:
         # As the real activities do: a step's retries end when its budget has run out.
         check_step_budget()
         self.calls.append((name, arg))
+        if name in self.hooks:
+            await self.hooks[name]()
         if name in self.gates:
             self.reached[name].set()
             await self.gates[name].wait()
@@ -142,8 +144,6 @@ class FakeActivities:
         @activity.defn(name="close_order")
         async def close_order(arg: CloseOrderInput) -> None:
             await self._enter("close_order", arg)
-            if self.at_close is not None:
-                await self.at_close()
 
         @activity.defn(name="record_event")
         async def record_event(arg: RecordEventInput) -> None:
@@ -324,12 +324,32 @@ async def test_a_cancel_is_in_the_history_before_the_order_refunds_and_closes(ti
         history = await time_skipping.client.get_workflow_handle(handle.id).fetch_history()
         histories.append([event.event_type for event in history.events])
 
-    fakes.at_close = record_history
+    fakes.hooks["close_order"] = record_history
     async with running_order(time_skipping, fakes) as handle:
         await wait_for_state(handle, "awaiting_approval")
         answer = await handle.execute_update(OrderWorkflow.cancel_update, CancelOrder("customer called"))
         status = await handle.result()
     assert answer.state == status.state == CANCELLED
+    assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED in histories[0]
+
+
+async def test_a_new_address_is_in_the_history_before_it_is_recorded(time_skipping, fakes):
+    """As with a cancel: recorded in the task that accepted the update, a new address stayed in
+    the database when a killed worker lost that task, and with it the update."""
+    histories: list[list[EventType.ValueType]] = []
+
+    async def record_history() -> None:
+        history = await time_skipping.client.get_workflow_handle(handle.id).fetch_history()
+        histories.append([event.event_type for event in history.events])
+
+    fakes.hooks["record_address"] = record_history
+    async with running_order(time_skipping, fakes) as handle:
+        await wait_for_state(handle, "awaiting_approval")
+        await handle.execute_update(OrderWorkflow.update_address_update, AddressUpdate(OFFICE))
+        await handle.signal(OrderWorkflow.approve)
+        status = await handle.result()
+    assert status.state == SHIPPED and status.address == OFFICE
+    assert [update.address for update in fakes.inputs("record_address")] == [OFFICE]
     assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED in histories[0]
 
 

@@ -13,6 +13,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from orchestration.order.actions import DURABLE_ADDRESS_PATCH
 from orchestration.order.workflow import DURABLE_CLOSE_PATCH, OrderWorkflow
 from orchestration.shipping.workflow import CHECK_DISPATCH_ON_CANCEL_PATCH, ShippingWorkflow
 
@@ -37,12 +38,13 @@ def test_every_scenario_has_a_recorded_history():
     [
         ("cancelled_in_review.json", DURABLE_CLOSE_PATCH),
         ("cancelled_after_charge.shipping-1.json", CHECK_DISPATCH_ON_CANCEL_PATCH),
+        ("address_after_approval.json", DURABLE_ADDRESS_PATCH),
     ],
 )
 def test_histories_from_before_the_checks_for_lost_effects_have_no_patch_marker(name: str, patch: str):
     """These were recorded before a closing order committed its decision and asked the database
-    for a charge it did not know of, and a cancelled shipping attempt for a dispatch it did not
-    know of. They replay
+    for a charge it did not know of, a cancelled shipping attempt for a dispatch it did not know
+    of, and a new address was committed before it was recorded. They replay
     (above) only because workflow.patched keeps the old path for a history without the marker:
     orders running when those changes are deployed carry on. Keep these files as they are when
     re-recording the others."""

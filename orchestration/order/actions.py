@@ -34,7 +34,12 @@ with workflow.unsafe.imports_passed_through():
         RecordEventInput,
     )
     from orchestration.order.activities import OrderActivities
+    from orchestration.policy import COMMIT_DELAY
     from orchestration.shipping.workflow import ShippingWorkflow
+
+DURABLE_ADDRESS_PATCH = "durable-address"
+"""A new address is recorded in the database only after the task that took it has completed (a
+marker in the history); histories recorded before it replay without."""
 
 ACTION_REFUSED = "ActionRefused"
 
@@ -118,6 +123,10 @@ class OrderActions:
             await workflow.wait_condition(lambda: self._order_recorded or self._closing)
             if not self._order_recorded:
                 return
+            if workflow.patched(DURABLE_ADDRESS_PATCH):
+                # The update that brought the address is in the history only once this task
+                # completes; a worker killed before that loses the update, so its record waits.
+                await workflow.sleep(COMMIT_DELAY, summary="commit the new address")
             await self._bookkeeping(
                 OrderActivities.record_address, RecordAddressInput(self._input.order_id, address, version)
             )

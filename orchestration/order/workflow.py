@@ -257,6 +257,11 @@ class OrderWorkflow(OrderActions, OrderShipping):
                     OrderActivities.charged_on_record,
                     ChargePaymentInput(self._input.order_id, self._input.payment_id),
                 )
+                if self._charge_started:
+                    self._book.log(
+                        "a charge made in a workflow task lost with its worker is on record; refunding it",
+                        "lost_charge_found",
+                    )
         if self._charge_started:
             refund = await self._run_step(
                 "refund_payment",

@@ -163,6 +163,10 @@ class ShippingWorkflow:
             schedule_to_close_timeout=MUST_COMPLETE_TIMEOUT,
             retry_policy=bookkeeping_retry_policy(),
         ):
+            self._book.log(
+                "the carrier was dispatched in a workflow task lost with its worker; the goods have left",
+                "lost_dispatch_found",
+            )
             return self._dispatched()
         return self._cancelled()
 
