@@ -299,13 +299,18 @@ async def test_cancel_before_approval_cancels_without_charging(time_skipping, fa
     assert status.payment.status == "pending"
 
 
-async def test_cancel_after_charge_refunds_the_payment(time_skipping, fakes):
+async def cancelled_while_preparing(env, fakes: FakeActivities, reason: str) -> OrderStatus:
+    """Run an approved order and cancel it while its package is being prepared; its final status."""
     fakes.hold("prepare_package")
-    async with running_order(time_skipping, fakes) as handle:
+    async with running_order(env, fakes) as handle:
         await handle.signal(OrderWorkflow.approve)
         await fakes.reached["prepare_package"].wait()
-        await handle.signal(OrderWorkflow.cancel_order, CancelOrder("out of stock"))
-        status = await handle.result()
+        await handle.signal(OrderWorkflow.cancel_order, CancelOrder(reason))
+        return await handle.result()
+
+
+async def test_cancel_after_charge_refunds_the_payment(time_skipping, fakes):
+    status = await cancelled_while_preparing(time_skipping, fakes, "out of stock")
     assert status.state == CANCELLED
     assert status.reason == "out of stock"
     assert fakes.names().count("refund_payment") == 1
@@ -313,18 +318,24 @@ async def test_cancel_after_charge_refunds_the_payment(time_skipping, fakes):
     assert "dispatch_carrier" not in fakes.names() and "mark_shipped" not in fakes.names()
 
 
+def history_at(env, fakes: FakeActivities, step: str) -> list[list[EventType.ValueType]]:
+    """The event types in the order's history each time `step` is called, as it was then."""
+    histories: list[list[EventType.ValueType]] = []
+
+    async def record_history() -> None:
+        history = await env.client.get_workflow_handle(activity.info().workflow_id).fetch_history()
+        histories.append([event.event_type for event in history.events])
+
+    fakes.hooks[step] = record_history
+    return histories
+
+
 async def test_a_cancel_is_in_the_history_before_the_order_refunds_and_closes(time_skipping, fakes):
     """An update the workflow accepts is in the history only once the task that accepted it
     completes. Refunding and closing in that same task, a worker killed before completing it
     lost the cancel but not its effects: the next run shipped the order the database called
     cancelled (found by the fault test). The order now ends that task first."""
-    histories: list[list[EventType.ValueType]] = []
-
-    async def record_history() -> None:
-        history = await time_skipping.client.get_workflow_handle(handle.id).fetch_history()
-        histories.append([event.event_type for event in history.events])
-
-    fakes.hooks["close_order"] = record_history
+    histories = history_at(time_skipping, fakes, "close_order")
     async with running_order(time_skipping, fakes) as handle:
         await wait_for_state(handle, "awaiting_approval")
         answer = await handle.execute_update(OrderWorkflow.cancel_update, CancelOrder("customer called"))
@@ -336,13 +347,7 @@ async def test_a_cancel_is_in_the_history_before_the_order_refunds_and_closes(ti
 async def test_a_new_address_is_in_the_history_before_it_is_recorded(time_skipping, fakes):
     """As with a cancel: recorded in the task that accepted the update, a new address stayed in
     the database when a killed worker lost that task, and with it the update."""
-    histories: list[list[EventType.ValueType]] = []
-
-    async def record_history() -> None:
-        history = await time_skipping.client.get_workflow_handle(handle.id).fetch_history()
-        histories.append([event.event_type for event in history.events])
-
-    fakes.hooks["record_address"] = record_history
+    histories = history_at(time_skipping, fakes, "record_address")
     async with running_order(time_skipping, fakes) as handle:
         await wait_for_state(handle, "awaiting_approval")
         await handle.execute_update(OrderWorkflow.update_address_update, AddressUpdate(OFFICE))
@@ -359,12 +364,7 @@ async def test_goods_a_lost_workflow_task_dispatched_make_a_later_cancel_refused
     again from its last completed task, now sees a cancel before its own dispatch. The goods
     left all the same (the database says so): the cancel is refused and the order ships."""
     fakes.dispatched = True  # on record, from the task the killed worker never completed
-    fakes.hold("prepare_package")
-    async with running_order(time_skipping, fakes) as handle:
-        await handle.signal(OrderWorkflow.approve)
-        await fakes.reached["prepare_package"].wait()
-        await handle.signal(OrderWorkflow.cancel_order, CancelOrder("out of stock"))
-        status = await handle.result()
+    status = await cancelled_while_preparing(time_skipping, fakes, "out of stock")
     assert status.state == SHIPPED
     assert status.payment.status == "charged"
     assert "dispatch_carrier" not in fakes.names() and "refund_payment" not in fakes.names()
