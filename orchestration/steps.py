@@ -18,13 +18,30 @@ from temporalio.exceptions import (
 )
 
 from orchestration.models import ErrorRecord, StepStatus
-from orchestration.policy import BUSINESS_RULE_VIOLATION, DEADLINE_EXCEEDED_ERROR
+from orchestration.policy import (
+    BUSINESS_RULE_VIOLATION,
+    DEADLINE_EXCEEDED_ERROR,
+    MUST_COMPLETE_TIMEOUT,
+    bookkeeping_retry_policy,
+)
 
 MAX_ERRORS_KEPT = 25
 
 STEP_FAILURES = (ActivityError, ApplicationError)
 """What awaiting a failed step raises: ActivityError for an activity, but the activity's own
 ApplicationError, unwrapped, for a local activity (temporalio 1.35)."""
+
+
+async def bookkeeping(activity: Any, arg: Any) -> Any:
+    """Run a local activity that calls nothing outside (a database write or read): it must
+    happen however long it takes, so its budget only bounds a database outage, retried with
+    backoff."""
+    return await workflow.execute_local_activity_method(
+        activity,
+        arg,
+        schedule_to_close_timeout=MUST_COMPLETE_TIMEOUT,
+        retry_policy=bookkeeping_retry_policy(),
+    )
 
 
 def time_left(until: datetime) -> timedelta:

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from orchestration.order.activities import OrderActivities
     from orchestration.policy import COMMIT_DELAY
+    from orchestration.steps import bookkeeping
     from orchestration.shipping.workflow import ShippingWorkflow
 
 DURABLE_ADDRESS_PATCH = "durable-address"
@@ -127,14 +128,14 @@ class OrderActions:
                 # The update that brought the address is in the history only once this task
                 # completes; a worker killed before that loses the update, so its record waits.
                 await workflow.sleep(COMMIT_DELAY, summary="commit the new address")
-            await self._bookkeeping(
+            await bookkeeping(
                 OrderActivities.record_address, RecordAddressInput(self._input.order_id, address, version)
             )
 
     async def _record_refusal(self, what: str, message: str) -> None:
         self._book.note_refusal(what, message)
         self._refusals += 1
-        await self._bookkeeping(
+        await bookkeeping(
             OrderActivities.record_event,
             RecordEventInput(
                 self._input.order_id,

@@ -66,13 +66,15 @@ with workflow.unsafe.imports_passed_through():
     from orchestration.order.shipping import OrderShipping
     from orchestration.order.stopped import OrderStopped
     from orchestration.order.activities import OrderActivities
-    from orchestration.policy import (
-        COMMIT_DELAY,
-        MUST_COMPLETE_TIMEOUT,
-        bookkeeping_retry_policy,
-        retry_policy,
+    from orchestration.policy import COMMIT_DELAY, MUST_COMPLETE_TIMEOUT, retry_policy
+    from orchestration.steps import (
+        STEP_FAILURES,
+        StepBook,
+        bookkeeping,
+        failure_message,
+        is_deadline,
+        time_left,
     )
-    from orchestration.steps import STEP_FAILURES, StepBook, failure_message, is_deadline, time_left
 
 DURABLE_CLOSE_PATCH = "durable-close"
 """Closing an order first commits the decision to close, then asks the database for a charge
@@ -253,7 +255,7 @@ class OrderWorkflow(OrderActions, OrderShipping):
             if not self._charge_started:
                 # This run never charged, but the run before it may have, before a cancel that
                 # now comes first: ask the database rather than this run's memory.
-                self._charge_started = await self._bookkeeping(
+                self._charge_started = await bookkeeping(
                     OrderActivities.charged_on_record,
                     ChargePaymentInput(self._input.order_id, self._input.payment_id),
                 )
@@ -272,7 +274,7 @@ class OrderWorkflow(OrderActions, OrderShipping):
             )
             self._payment = PaymentStatus(refund.payment_id, refund.status, refund.amount)
         self._book.start("close_order")
-        await self._bookkeeping(
+        await bookkeeping(
             OrderActivities.close_order,
             CloseOrderInput(
                 self._input.order_id,
@@ -341,16 +343,6 @@ class OrderWorkflow(OrderActions, OrderShipping):
             from_state=previous,
             to_state=state,
             reason=reason,
-        )
-
-    async def _bookkeeping(self, activity, arg: Any) -> Any:
-        """A write or read with no outside call (a local activity too): it must happen however
-        long it takes, so its budget only bounds a database outage, retried with backoff."""
-        return await workflow.execute_local_activity_method(
-            activity,
-            arg,
-            schedule_to_close_timeout=MUST_COMPLETE_TIMEOUT,
-            retry_policy=bookkeeping_retry_policy(),
         )
 
     @workflow.query

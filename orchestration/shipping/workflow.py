@@ -34,16 +34,11 @@ with workflow.unsafe.imports_passed_through():
         ShippingStatus,
         ShippingStepInput,
     )
-    from orchestration.policy import (
-        COMMIT_DELAY,
-        DEADLINE_EXCEEDED_ERROR,
-        MUST_COMPLETE_TIMEOUT,
-        bookkeeping_retry_policy,
-        retry_policy,
-    )
+    from orchestration.policy import COMMIT_DELAY, DEADLINE_EXCEEDED_ERROR, retry_policy
     from orchestration.steps import (
         STEP_FAILURES,
         StepBook,
+        bookkeeping,
         failure_message,
         is_deadline,
         is_rejection,
@@ -157,11 +152,9 @@ class ShippingWorkflow:
         staying real: this run never dispatched, while the run before it may have, then a
         cancel arrived and now comes first. Ask the database rather than trust this run's
         memory."""
-        if workflow.patched(CHECK_DISPATCH_ON_CANCEL_PATCH) and await workflow.execute_local_activity_method(
+        if workflow.patched(CHECK_DISPATCH_ON_CANCEL_PATCH) and await bookkeeping(
             ShippingActivities.dispatched_on_record,
             ShippingStepInput(self._input.order_id, self._input.shipping_attempt, self._address),
-            schedule_to_close_timeout=MUST_COMPLETE_TIMEOUT,
-            retry_policy=bookkeeping_retry_policy(),
         ):
             self._book.log(
                 "the carrier was dispatched in a workflow task lost with its worker; the goods have left",
