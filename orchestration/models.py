@@ -174,6 +174,21 @@ class RefundPaymentInput:
 
 
 @dataclass
+class LateCharge:
+    """A charge recorded after its order was cancelled or failed, not refunded yet."""
+
+    order_id: str
+    payment_id: str
+    order_state: str
+
+
+@dataclass
+class LateChargeRefundInput:
+    charge: LateCharge
+    policy: OrderPolicy
+
+
+@dataclass
 class ShippingStepInput:
     order_id: str
     shipping_attempt: int

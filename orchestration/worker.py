@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any, Callable, Coroutine, NoReturn, Sequence
 
 import uvloop
+from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
@@ -56,9 +57,11 @@ async def serve(
     task_queue_of: Callable[[Settings], str],
     workflows: Sequence[type],
     activities_class: type[StepActivities],
+    companions: Sequence[Callable[[Client, Settings], Coroutine[Any, Any, None]]] = (),
 ) -> None:
     """Run one worker until SIGTERM/SIGINT: `task_queue_of(settings)` names its queue, and it
-    runs `workflows` and the activities of `activities_class`."""
+    runs `workflows` and the activities of `activities_class`, with each of `companions`
+    (background loops given the client and settings) running beside it."""
     settings = settings_or_exit()
     configure_logging(settings.log_level)
     # With WORKER_SANDBOXED_WORKFLOWS the sandbox imports the workflow modules afresh for every
@@ -91,8 +94,12 @@ async def serve(
         },
     )
     async with worker:
+        background = [asyncio.create_task(companion(client, settings)) for companion in companions]
         await stop.wait()
         logger.info("worker stopping", extra={"event": "worker_stopping", "task_queue": task_queue})
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
     await activities.failure_log.written()
     await close_pool()
     logger.info("worker stopped", extra={"event": "worker_stopped", "task_queue": task_queue})

@@ -41,7 +41,7 @@ from orchestration.metrics import ActivityCounter  # noqa: E402
 from orchestration.order.activities import OrderActivities  # noqa: E402
 from orchestration.database import close_pool, open_pool  # noqa: E402
 from orchestration.models import ORDER_PARKED_ATTRIBUTE  # noqa: E402
-from orchestration.order.workflow import OrderWorkflow  # noqa: E402
+from orchestration.order.worker import WORKFLOWS as ORDER_WORKFLOWS  # noqa: E402
 from orchestration.settings import get_settings  # noqa: E402
 from orchestration.temporal_client import ensure_search_attributes, exit_without_teardown  # noqa: E402
 from orchestration.worker import build_worker  # noqa: E402
@@ -125,7 +125,7 @@ async def workers(dev_server, database, activity_counter):
     settings = get_settings()
     cut_off = settings.worker.attempt_timeout_seconds
     order_worker = build_worker(
-        dev_server.client, settings, ORDERS_QUEUE, [OrderWorkflow],
+        dev_server.client, settings, ORDERS_QUEUE, ORDER_WORKFLOWS,
         OrderActivities(cut_off, activity_counter).activities(),
     )
     shipping_worker = build_worker(

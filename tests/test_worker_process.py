@@ -19,8 +19,12 @@ from pathlib import Path
 from temporalio.testing import WorkflowEnvironment
 
 from orchestration.logs import BAD_SETTING_EXIT_STATUS
+from orchestration.models import CANCELLED
+from orchestration.records import utc_now
+from orchestration.tables import Payment
 from scripts.temporal_dev_server import dynamic_config_args
 from tests.conftest import BIN
+from tests.test_late_charges import insert_order_with_payment
 
 REPO = Path(__file__).resolve().parent.parent
 # Printed by an exit hook, which runs first thing in the interpreter's teardown.
@@ -118,3 +122,24 @@ def test_an_unknown_log_level_stops_the_worker_naming_the_levels_to_use(tmp_path
     [line] = [json.loads(text) for text in log.read_text().splitlines() if text.startswith("{")]
     assert line["event"] == "bad_setting"
     assert line["message"] == "LOG_LEVEL='loud' is not a log level: use one of DEBUG, INFO, WARNING, ERROR."
+
+
+async def test_the_order_worker_refunds_a_charge_recorded_after_its_order_closed(
+    database, dev_server, tmp_path, order_id
+):
+    """The sweep runs in the order worker: a late charge on record (what a worker that stalled
+    mid-charge leaves) is refunded without anyone asking (tests/test_late_charges.py has how)."""
+    now = utc_now()
+    await insert_order_with_payment(order_id, CANCELLED, now, "charged", now)
+    log = tmp_path / "worker.log"
+    worker = start_worker(log, database, dev_server.client.service_client.config.target_host)
+    try:
+        await wait_for_event(log, "late_charge_refunded", worker, START_TIMEOUT_SECONDS)
+    finally:
+        await stop(worker)
+    assert await Payment.select(Payment.status).where(Payment.order_id == order_id) == [{"status": "refunded"}]
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines() if order_id in line]
+    assert [event for event in events if event.startswith("late_charge")] == [
+        "late_charge_found",
+        "late_charge_refunded",
+    ], events

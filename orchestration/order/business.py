@@ -14,6 +14,7 @@ side effect succeeded, and it always runs to its end (orchestration/attempts.py 
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 from typing import Any, Optional
 
 from orchestration.attempts import outside_call_starts, record
@@ -30,6 +31,7 @@ from orchestration.models import (
     VALIDATED,
     Address,
     Item,
+    LateCharge,
 )
 from orchestration.records import (
     BusinessRuleViolation,
@@ -180,6 +182,22 @@ async def charged_on_record(order_id: str, payment_id: str) -> bool:
     before completing it, after which the workflow ran again from its last completed task and
     may have taken another path (a cancel now seen before the charge)."""
     return (await _refund_state(order_id, payment_id))["status"] == "charged"
+
+
+async def late_charges(closed_since: datetime) -> list[LateCharge]:
+    """Charges on record, not refunded, of orders cancelled or failed since `closed_since`. An
+    order refunds before it closes, so each of these was recorded after its order closed (see
+    orchestration/order/late_charges.py)."""
+    rows = await Payment.raw(
+        "SELECT p.order_id, p.payment_id, o.state AS order_state FROM orders o"
+        " JOIN payments p ON p.order_id = o.id"
+        " WHERE o.state IN ({}, {}) AND o.finished_at >= {} AND p.status = 'charged'"
+        " ORDER BY o.finished_at",
+        CANCELLED,
+        FAILED,
+        closed_since,
+    )
+    return [LateCharge(**row) for row in rows]
 
 
 async def _refund_state(order_id: str, payment_id: str) -> dict[str, Any]:
