@@ -35,6 +35,16 @@ TERMINAL_STATES = frozenset({SHIPPED, CANCELLED, FAILED})
 PARKED_STATES = frozenset({AWAITING_APPROVAL, AWAITING_ADDRESS})
 """Waiting for a person (an approval or an address), not for the machine."""
 
+# What a cancelled shipping attempt finds when it withdraws the order's dispatch (see
+# orchestration/shipping/business.py dispatch_withdrawn).
+DISPATCH_WITHDRAWN = "withdrawn"
+"""No dispatch was started: none will be, the cancel stands."""
+DISPATCH_STARTED = "started"
+"""A dispatch was started (by a run that lost its task, or a stalled worker): the goods may be
+leaving, so the cancel is refused and the dispatch seen through."""
+DISPATCH_DONE = "dispatched"
+"""The goods left: the cancel is refused."""
+
 # What a parked order waits for, as the status' `waiting_for` lists it.
 APPROVAL = "approval"
 SHIPPING_ADDRESS = "shipping_address"

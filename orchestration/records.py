@@ -10,12 +10,21 @@ from typing import Any, Iterable, Optional
 from piccolo.columns import Column
 from piccolo.table import Table
 
-from orchestration.models import TERMINAL_STATES
+from orchestration.models import CANCELLED, FAILED, TERMINAL_STATES
 from orchestration.tables import Event, Order
 
 
 class BusinessRuleViolation(Exception):
     """A request that no retry can fix (for example an order without items)."""
+
+
+def refuse_if_closed(order_id: str, order_state: Optional[str], refusal: str) -> None:
+    """Refuse a call that moves money or goods for an order already cancelled or failed. No
+    workflow asks that of a step; a worker that stalled past its workflow task timeout does:
+    the order was taken over and closed elsewhere, and the stalled worker, waking, runs its
+    stale copy of the workflow on (the fault test's stalls found goods dispatched that way)."""
+    if order_state in (CANCELLED, FAILED):
+        raise BusinessRuleViolation(f"order {order_id} is already {order_state}; {refusal}")
 
 
 def utc_now() -> datetime:

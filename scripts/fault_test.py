@@ -24,19 +24,26 @@ fault fires once a random number of orders (seeded RNG; the seed is printed) has
 
   workers   SIGKILL the order worker and the shipping worker --kills times each, restarting each
             after a short pause
+  stalls    freeze (SIGSTOP) the order worker and the shipping worker --stalls times each for
+            2.5 to 4 s, past the workflow task timeout, then let them go on (SIGCONT); with this
+            scenario each worker runs as two replicas, which take over a frozen one's orders.
+            The second replicas are frozen and the first ones killed, so that stalls may come
+            while another fault is under way
   graceful  SIGTERM the order worker once, then restart it
   database  stop PostgreSQL (SIGINT: fast shutdown) and start it again on the same port and data
   web       stop the web process (SIGTERM) and start it again on the same port
 
-Once every order is terminal (or --settle-seconds after its start passed), both workers get
-SIGTERM, and the invariants are checked against PostgreSQL (asyncpg) and Temporal (each
-workflow's result):
+Once every order is terminal (or --settle-seconds after its start passed), and the order
+workers' sweep has refunded any charge recorded after its order closed (a frozen worker's
+attempt; up to LATE_CHARGE_WAIT_SECONDS), the workers get SIGTERM, and the invariants are
+checked against PostgreSQL (asyncpg) and Temporal (each workflow's result):
 - every order is terminal;
 - a shipped order has exactly one payment, charged; a cancelled or failed order has no payment
   left charged; no order has two payments or two charges;
 - no fact is recorded twice: the unique index on events.event_key exists, and once-only facts
   (received, charged, dispatched, shipped, refunded, closed) appear at most once per order;
-- orders.state, the payment's status and the API's last answer equal the workflow's result;
+- orders.state, the payment's status and the API's last answer equal the workflow's result (a
+  late charge the sweep refunded is refunded in the database, unknown to the workflow);
 - a cancel answered 200 names the state the order ended in, and one refused (409) did not
   cancel it;
 - every SIGTERM ends its worker with status 0 within GRACEFUL_STOP_LIMIT_SECONDS, with every
@@ -72,12 +79,17 @@ if not __package__:
 
 from orchestration.models import CANCELLED, FAILED, SHIPPED
 from orchestration.temporal_client import exit_without_teardown
+from orchestration.order.late_charges import SWEEP_INTERVAL_SECONDS
 from scripts.drive.api import Api
+from scripts.drive.recorded import unrefunded_late_charges
 from scripts.drive.tables import table
 from scripts.faults.invariants import INVARIANTS, Findings, check_invariants
 from scripts.faults.plan import SCENARIOS, plan_cancels, plan_faults
 from scripts.faults.run import OrderRecord, RunProgress, inject_faults, log, report_progress, run_orders
 from scripts.faults.system import StartupFailed, System
+
+# A late charge is refunded by the order workers' sweep, every SWEEP_INTERVAL_SECONDS.
+LATE_CHARGE_WAIT_SECONDS = 3 * SWEEP_INTERVAL_SECONDS
 
 
 def cancel_answers(records: list[OrderRecord]) -> str:
@@ -109,6 +121,9 @@ def report(
         ("in flight", str(args.concurrency), ""),
         ("kills: order worker (SIGKILL)", str(faults.kills["order-worker"]), ""),
         ("kills: shipping worker (SIGKILL)", str(faults.kills["shipping-worker"]), ""),
+        ("stalls: order worker (SIGSTOP)", str(faults.stalls["order-worker-2"]), ""),
+        ("stalls: shipping worker (SIGSTOP)", str(faults.stalls["shipping-worker-2"]), ""),
+        ("worker replicas per queue", str(args.replicas), ""),
         *((f"SIGTERM {stop.worker} {stop.moment}", stop.outcome, "")
           for stop in faults.graceful_stops),
         ("db restarts", f"{len(faults.database_outage_seconds)}{outages(faults.database_outage_seconds)}", ""),
@@ -121,6 +136,7 @@ def report(
         ("failed", str(findings.states[FAILED]), ""),
         ("charges", str(findings.charges), ""),
         ("refunds", str(findings.refunds), ""),
+        ("of them late charges refunded by the sweep", str(findings.late_charge_refunds), ""),
         ("reasons", ", ".join(f"{reason} {n}" for reason, n in findings.reasons.most_common()) or "-", ""),
         *(check(invariant) for invariant in INVARIANTS),
         ("run time", f"{wall_seconds:.0f} s", ""),
@@ -128,12 +144,24 @@ def report(
     return table(("figure", "value", "invariant"), rows, gap=" | ", rule_gap="-+-", trim=True)
 
 
+async def settle_late_charges(system: System, order_ids: list[str]) -> str:
+    """Give the order workers' sweep time to refund the charges recorded after their order closed
+    (a stalled worker's attempt); whatever it leaves is an order left charged. Says what it saw."""
+    give_up_at = time.monotonic() + LATE_CHARGE_WAIT_SECONDS
+    waiting = await unrefunded_late_charges(system.database_url, order_ids)
+    seen = len(waiting)
+    while waiting and time.monotonic() < give_up_at:
+        await asyncio.sleep(0.5)
+        waiting = await unrefunded_late_charges(system.database_url, order_ids)
+    return f" ({seen} late charges waited for the sweep, {len(waiting)} left)" if seen else ""
+
+
 async def fault_test(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     faults = plan_faults(rng, args)
     cancels = plan_cancels(rng, args)
     root = Path(tempfile.mkdtemp(prefix="orders-fault-test-"))
-    system = System(root)
+    system = System(root, args.replicas)
     keep_dir = args.keep_dir
     print(f"fault test: seed {args.seed}; {args.orders} orders, {args.concurrency} in flight; "
           f"scenarios {','.join(args.scenarios)}; processes and logs in {root}", flush=True)
@@ -156,8 +184,12 @@ async def fault_test(args: argparse.Namespace) -> int:
         api = Api(system.web_url)
         reporter = asyncio.create_task(report_progress(progress, args.orders, len(faults)))
         try:
+            stalls = [fault for fault in faults if fault.action == "stall"]
+            others = [fault for fault in faults if fault.action != "stall"]
             await asyncio.gather(
-                run_orders(api, records, progress, args), inject_faults(system, faults, progress)
+                run_orders(api, records, progress, args),
+                inject_faults(system, others, progress),
+                inject_faults(system, stalls, progress),
             )
         except (RuntimeError, TimeoutError) as err:
             keep_dir = True
@@ -167,7 +199,8 @@ async def fault_test(args: argparse.Namespace) -> int:
             reporter.cancel()
             await api.close()
         wall_seconds = time.monotonic() - began
-        log("all orders settled; stopping the workers with SIGTERM, then checking the invariants")
+        late = await settle_late_charges(system, [record.order_id for record in records])
+        log(f"all orders settled{late}; stopping the workers with SIGTERM, then checking the invariants")
         await asyncio.gather(*(system.stop_worker_gracefully(name, "at the end") for name in system.workers))
         findings = await check_invariants(system, records, api)
 
@@ -200,6 +233,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--scenario", dest="scenarios", action="append", choices=(*SCENARIOS, "all"),
                         help="faults to inject (repeatable; default all)")
     parser.add_argument("--kills", type=int, help="SIGKILLs per worker (default 3; --short 1)")
+    parser.add_argument("--stalls", type=int, help="SIGSTOPs per worker (default 2; --short 1)")
     parser.add_argument("--cancel-share", type=float, default=0.25,
                         help="share of orders an operator cancels, 0-1.5 s after their start (default 0.25)")
     parser.add_argument("--database-restarts", type=int, default=1, help="default 1")
@@ -215,8 +249,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.orders = args.orders or (40 if args.short else 200)
     args.concurrency = args.concurrency or (10 if args.short else 50)
     args.kills = args.kills if args.kills is not None else (1 if args.short else 3)
+    args.stalls = args.stalls if args.stalls is not None else (1 if args.short else 2)
     if not args.scenarios or "all" in args.scenarios:
         args.scenarios = list(SCENARIOS)
+    # A frozen worker's orders need a replica to carry them on within their 15 s.
+    args.replicas = 2 if "stalls" in args.scenarios else 1
     return args
 
 

@@ -1,5 +1,6 @@
 """The short fault test, as CI runs it: `scripts/fault_test.py --short` starts a system of its own
-(PostgreSQL, Temporal, web, both workers), SIGKILLs and restarts each worker, SIGTERMs the order
+(PostgreSQL, Temporal, web, two replicas of each worker), SIGKILLs and restarts each worker,
+freezes (SIGSTOP) the second replica of each past its workflow task timeout, SIGTERMs the order
 worker, restarts PostgreSQL and the web app while 40 orders run, then checks that money moved
 exactly once and that the database, the workflows and the API agree. It takes about a minute."""
 
@@ -53,6 +54,9 @@ def test_short_fault_run_keeps_every_invariant():
     # The faults really happened.
     assert table_value(result.stdout, "kills: order worker (SIGKILL)") == "1"
     assert table_value(result.stdout, "kills: shipping worker (SIGKILL)") == "1"
+    assert table_value(result.stdout, "stalls: order worker (SIGSTOP)") == "1"
+    assert table_value(result.stdout, "stalls: shipping worker (SIGSTOP)") == "1"
+    assert table_value(result.stdout, "worker replicas per queue") == "2"
     assert table_value(result.stdout, "db restarts").startswith("1 ")
     assert table_value(result.stdout, "web restarts").startswith("1 ")
     assert table_value(result.stdout, "SIGTERM order-worker mid-run").startswith("exit 0 in ")

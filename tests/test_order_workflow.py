@@ -36,6 +36,9 @@ from orchestration.models import (
     CANCELLED,
     PARKED_STATES,
     DEADLINE_EXCEEDED,
+    DISPATCH_DONE,
+    DISPATCH_STARTED,
+    DISPATCH_WITHDRAWN,
     FAILED,
     SHIPPED,
     SHIPPING_ADDRESS,
@@ -78,6 +81,8 @@ class FakeActivities:
     calls: list[tuple[str, object]] = field(default_factory=list)
     charged: bool = False
     dispatched: bool = False
+    dispatch_started: bool = False
+    """A dispatch was started elsewhere (a stalled worker's stale run), not on record as done."""
     hooks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     """Run when the step of that name is called."""
 
@@ -170,10 +175,17 @@ class FakeActivities:
             await self._enter("dispatched_on_record", arg)
             return self.dispatched
 
+        @activity.defn(name="withdraw_dispatch")
+        async def withdraw_dispatch(arg: ShippingStepInput) -> str:
+            await self._enter("withdraw_dispatch", arg)
+            if self.dispatched:
+                return DISPATCH_DONE
+            return DISPATCH_STARTED if self.dispatch_started else DISPATCH_WITHDRAWN
+
         return [
             receive_order, validate_order, charge_payment, refund_payment, charged_on_record, mark_shipped,
             record_address, close_order, record_event, prepare_package, dispatch_carrier,
-            dispatched_on_record,
+            dispatched_on_record, withdraw_dispatch,
         ]
 
 
@@ -368,7 +380,21 @@ async def test_goods_a_lost_workflow_task_dispatched_make_a_later_cancel_refused
     assert status.state == SHIPPED
     assert status.payment.status == "charged"
     assert "dispatch_carrier" not in fakes.names() and "refund_payment" not in fakes.names()
-    assert fakes.names().count("dispatched_on_record") == 1
+    assert fakes.names().count("withdraw_dispatch") == 1
+
+
+async def test_a_dispatch_started_elsewhere_is_seen_through_and_the_cancel_refused(time_skipping, fakes):
+    """A shipping worker that stalled past its task timeout wakes and runs its stale copy of the
+    attempt on: it claimed the dispatch and called the carrier, while the attempt, taken over
+    elsewhere, saw a cancel first. The fault test's stalls found such goods dispatched for an
+    order then cancelled and refunded. The cancel now finds the dispatch claimed, so the goods
+    may be leaving: the attempt sees the dispatch through and the order ships."""
+    fakes.dispatch_started = True  # claimed by the stalled worker, not on record as done yet
+    status = await cancelled_while_preparing(time_skipping, fakes, "out of stock")
+    assert status.state == SHIPPED
+    assert status.payment.status == "charged"
+    assert fakes.names().count("withdraw_dispatch") == 1
+    assert fakes.names().count("dispatch_carrier") == 1 and "refund_payment" not in fakes.names()
 
 
 async def test_address_change_while_the_package_is_prepared_is_refused_honestly(time_skipping, fakes):

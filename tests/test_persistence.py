@@ -34,6 +34,9 @@ from orchestration.database import connections_in_use
 from orchestration.failure_log import FailedAttemptLog, step_key_of
 from orchestration.models import (
     CANCELLED,
+    DISPATCH_DONE,
+    DISPATCH_STARTED,
+    DISPATCH_WITHDRAWN,
     SHIPPED,
     Address,
     ChargePaymentInput,
@@ -131,6 +134,53 @@ async def test_goods_on_record_are_never_sent_to_the_carrier_again(database, mon
     assert (await events_of(order_id)).count("carrier_dispatched") == 1
 
 
+async def test_a_closed_order_is_neither_charged_nor_dispatched(database, monkeypatch, order_id):
+    """A worker that stalled past its workflow task timeout wakes and runs its stale copy of the
+    workflow on, while the order was taken over and cancelled elsewhere: the fault test's stalls
+    found goods dispatched for a cancelled order that way. The steps that move money or goods
+    refuse an order already closed, before they call out (flaky_call pinned to its failure
+    branch: called, it would raise RuntimeError)."""
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.9)
+    await received_order(order_id)
+    await business.close_order(order_id, CANCELLED, "customer called", f"pay-{order_id}", [Item("ABC", 2)])
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.1)
+    with pytest.raises(BusinessRuleViolation, match="already cancelled; its payment is not charged"):
+        await business.payment_charged(order_id, f"pay-{order_id}")
+    with pytest.raises(BusinessRuleViolation, match="already cancelled; its goods are not dispatched"):
+        await shipping_business.carrier_dispatched(order_id, 1, HOME)
+    assert await Payment.count().where(Payment.order_id == order_id) == 0
+    assert "carrier_dispatched" not in await events_of(order_id)
+
+
+async def test_a_cancel_and_a_dispatch_claim_one_decision_and_the_first_stands(database, monkeypatch, order_id):
+    """The carrier is called only under the order's dispatch decision, which a cancel may claim
+    first: then no dispatch attempt calls the carrier, a stalled worker's stale one included.
+    A dispatch that claimed it first makes a later cancel find it started (flaky_call pinned:
+    to success to set the order up, then to failure, so that a call to the carrier raises
+    RuntimeError)."""
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.9)
+    withdrawn, started = f"{order_id}-w", f"{order_id}-s"
+    for order in (withdrawn, started):
+        await received_order(order)
+        await business.order_validated(order)
+        await business.payment_charged(order, f"pay-{order}")
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.1)
+
+    assert await shipping_business.dispatch_withdrawn(withdrawn, 1) == DISPATCH_WITHDRAWN
+    with pytest.raises(BusinessRuleViolation, match="withdrawn by a cancel; its goods are not dispatched"):
+        await shipping_business.carrier_dispatched(withdrawn, 1, HOME)
+    assert await shipping_business.dispatch_withdrawn(withdrawn, 1) == DISPATCH_WITHDRAWN
+
+    with pytest.raises(RuntimeError, match="Forced failure"):  # claimed, then the carrier call failed
+        await shipping_business.carrier_dispatched(started, 1, HOME)
+    assert await shipping_business.dispatch_withdrawn(started, 1) == DISPATCH_STARTED
+    monkeypatch.setattr(flaky.random, "random", lambda: 0.9)
+    assert await shipping_business.carrier_dispatched(started, 2, HOME) == "Dispatched"
+    assert await shipping_business.dispatch_withdrawn(started, 2) == DISPATCH_DONE
+    assert "carrier_dispatched" not in await events_of(withdrawn)
+    assert (await events_of(started)).count("carrier_dispatched") == 1
+
+
 async def test_a_payment_id_cannot_pay_for_two_orders(database, flaky_succeeds, order_id):
     other = f"{order_id}-other"
     await received_order(order_id)
@@ -173,7 +223,7 @@ async def test_a_shipped_order_stays_shipped(database, flaky_succeeds, order_id)
     assert row["state"] == SHIPPED and row["finished_at"] is not None
     assert await events_of(order_id) == [
         "order_received", "order_validated", "payment_charged", "package_prepared",
-        "carrier_dispatched", "order_shipped",
+        "dispatch_started", "carrier_dispatched", "order_shipped",
     ]
 
 

@@ -42,6 +42,7 @@ from orchestration.records import (
     insert_once,
     parsed_time,
     record_event,
+    refuse_if_closed,
     record_fact,
     utc_now,
 )
@@ -109,17 +110,32 @@ async def payment_charged(order_id: str, payment_id: str) -> dict[str, Any]:
     charged is never sent to the provider again (a step re-run after a crash or a lost answer),
     and the stored payment comes back, marked as a duplicate. The insert after the charge is
     keyed by payment_id too, so two attempts racing past the check still record one charge."""
-    if (stored := await _stored_payment(order_id, payment_id)) is not None:
+    order_state, stored = await _before_charge(order_id, payment_id)
+    if stored is not None:
         return stored
+    refuse_if_closed(order_id, order_state, "its payment is not charged")
     outside_call_starts()
     await flaky_call()
     return await record(_insert_payment(order_id, payment_id))
 
 
+async def _before_charge(order_id: str, payment_id: str) -> tuple[Optional[str], Optional[dict[str, Any]]]:
+    """The order's state and the payment on record (None when there is none), in one round trip."""
+    [row] = await Payment.raw(
+        "SELECT o.state AS order_state, p.order_id, p.status, p.amount FROM (SELECT 1) AS one"
+        " LEFT JOIN orders o ON o.id = {} LEFT JOIN payments p ON p.payment_id = {}",
+        order_id,
+        payment_id,
+    )
+    return row["order_state"], None if row["order_id"] is None else _stored(order_id, payment_id, row)
+
+
 async def _stored_payment(order_id: str, payment_id: str) -> Optional[dict[str, Any]]:
     stored = await Payment.select().where(Payment.payment_id == payment_id).first()
-    if stored is None:
-        return None
+    return None if stored is None else _stored(order_id, payment_id, stored)
+
+
+def _stored(order_id: str, payment_id: str, stored: dict[str, Any]) -> dict[str, Any]:
     if stored["order_id"] != order_id:
         raise BusinessRuleViolation(
             f"payment id {payment_id} already belongs to order {stored['order_id']}"

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 # covers a worker paused far longer while keeping each sweep a small indexed read.
 SWEEP_INTERVAL_SECONDS = 5.0
 SWEEP_LOOKBACK = timedelta(days=1)
+REFUND_REASON = "charged after the order was {order_state}"
+"""The refund's reason, as its payment_refunded event records it."""
 
 
 def refund_workflow_id(order_id: str) -> str:
@@ -54,7 +56,7 @@ class LateChargeRefundWorkflow:
             RefundPaymentInput(
                 charge.order_id,
                 charge.payment_id,
-                f"charged after the order was {charge.order_state}",
+                REFUND_REASON.format(order_state=charge.order_state),
             ),
             # The refund must happen however long the provider takes to answer: as the order's
             # own refund, its budget only bounds a database outage.

@@ -37,5 +37,10 @@ class ShippingActivities(StepActivities):
     async def dispatched_on_record(self, input: ShippingStepInput) -> bool:
         return await self._bookkeep(business.dispatched_on_record(input.order_id))
 
+    @activity.defn
+    @counted
+    async def withdraw_dispatch(self, input: ShippingStepInput) -> str:
+        return await self._bookkeep(business.dispatch_withdrawn(input.order_id, input.shipping_attempt))
+
     def activities(self) -> list:
-        return [self.prepare_package, self.dispatch_carrier, self.dispatched_on_record]
+        return [self.prepare_package, self.dispatch_carrier, self.dispatched_on_record, self.withdraw_dispatch]

@@ -24,6 +24,8 @@ from temporalio.exceptions import ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from orchestration.shipping.activities import ShippingActivities
     from orchestration.models import (
+        DISPATCH_STARTED,
+        DISPATCH_WITHDRAWN,
         SHIPPING_STEPS,
         AddressApplied,
         AddressUpdate,
@@ -48,6 +50,10 @@ with workflow.unsafe.imports_passed_through():
 CHECK_DISPATCH_ON_CANCEL_PATCH = "check-dispatch-on-cancel"
 """A shipping attempt cancelled before this run dispatched asks the database whether the goods
 left all the same (a marker in the history); histories recorded before it replay without."""
+WITHDRAW_DISPATCH_PATCH = "withdraw-dispatch-on-cancel"
+"""Instead of asking, it claims the order's dispatch decision for the cancel, which a dispatch
+started first (even by a stalled worker's stale run) refuses; histories recorded before it take
+the branch above."""
 
 # Signals to the parent, by name: the parent's module imports this one.
 DISPATCH_FAILED_SIGNAL = "dispatch_failed"
@@ -110,6 +116,9 @@ class ShippingWorkflow:
         await self._finish("prepare_package", prepare)
         if self._cancel_reason is not None:
             return await self._cancelled_unless_dispatched()
+        return await self._dispatch_and_settle()
+
+    async def _dispatch_and_settle(self) -> ShippingResult:
         self._dispatch = self._start("dispatch_carrier", ShippingActivities.dispatch_carrier, self._dispatch_budget())
         self._dispatching = True
         try:
@@ -147,21 +156,29 @@ class ShippingWorkflow:
         return self._result("dispatched")
 
     async def _cancelled_unless_dispatched(self) -> ShippingResult:
-        """Cancelled, unless the goods left all the same. A worker killed in the middle of a
-        workflow task takes that task's local activities out of the history, their effects
-        staying real: this run never dispatched, while the run before it may have, then a
-        cancel arrived and now comes first. Ask the database rather than trust this run's
-        memory."""
-        if workflow.patched(CHECK_DISPATCH_ON_CANCEL_PATCH) and await bookkeeping(
-            ShippingActivities.dispatched_on_record,
-            ShippingStepInput(self._input.order_id, self._input.shipping_attempt, self._address),
+        """Cancelled, unless a dispatch was started all the same. This run has not called the
+        carrier, but another may have: the run before it, in a workflow task lost with its
+        killed worker (a local activity's effect outlives its marker), then a cancel arrived
+        and now comes first; or a worker that stalled past its task timeout and, waking, runs
+        its stale copy of this attempt on. So the cancel claims the order's dispatch decision
+        in the database, and stands only if no dispatch claimed it first."""
+        step_input = ShippingStepInput(self._input.order_id, self._input.shipping_attempt, self._address)
+        if workflow.patched(WITHDRAW_DISPATCH_PATCH):
+            decision = await bookkeeping(ShippingActivities.withdraw_dispatch, step_input)
+            if decision == DISPATCH_WITHDRAWN:
+                return self._cancelled()
+            if decision == DISPATCH_STARTED:
+                # The goods may be leaving: see the dispatch through (the carrier is not called
+                # again for goods on record) and refuse the cancel if it succeeds.
+                self._book.log("a dispatch started elsewhere may be under way; seeing it through", "dispatch_under_way")
+                return await self._dispatch_and_settle()
+        elif not (
+            workflow.patched(CHECK_DISPATCH_ON_CANCEL_PATCH)
+            and await bookkeeping(ShippingActivities.dispatched_on_record, step_input)
         ):
-            self._book.log(
-                "the carrier was dispatched in a workflow task lost with its worker; the goods have left",
-                "lost_dispatch_found",
-            )
-            return self._dispatched()
-        return self._cancelled()
+            return self._cancelled()
+        self._book.log("a dispatch this run did not make is on record; the goods have left", "lost_dispatch_found")
+        return self._dispatched()
 
     def _result(self, outcome: str, reason: str = "") -> ShippingResult:
         return ShippingResult(

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional, Sequence
 
 import asyncpg
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from orchestration.models import CANCELLED, FAILED
+from orchestration.order.late_charges import REFUND_REASON
+
 WORKFLOW_CHECK_CONCURRENCY = 10
+LATE_CHARGE_REFUND_LIKE = REFUND_REASON.format(order_state="%")
 
 
 @dataclass
@@ -25,6 +29,9 @@ class DatabaseRecords:
     """Unique indexes on events.event_key."""
     repeated_keys: int
     """Event keys recorded more than once, over every order."""
+    late_charge_refunds: set[str] = field(default_factory=set)
+    """Orders whose payment the late-charge sweep refunded: charged after the order closed, which
+    the workflow never knew of (orchestration/order/late_charges.py)."""
 
 
 async def read_database(database_url: str, order_ids: Sequence[str]) -> DatabaseRecords:
@@ -46,9 +53,27 @@ async def read_database(database_url: str, order_ids: Sequence[str]) -> Database
             "AND indexdef ILIKE 'CREATE UNIQUE INDEX%(event_key)%'")
         repeated_keys = await connection.fetchval(
             "SELECT count(*) FROM (SELECT event_key FROM events GROUP BY event_key HAVING count(*) > 1) AS d")
+        late_charge_refunds = {row["order_id"] for row in await connection.fetch(
+            "SELECT order_id FROM events WHERE order_id = ANY($1) AND type = 'payment_refunded' "
+            "AND payload_json->>'reason' LIKE $2", order_ids, LATE_CHARGE_REFUND_LIKE)}
     finally:
         await connection.close()
-    return DatabaseRecords(order_states, payments, event_counts, unique_key_index, repeated_keys)
+    return DatabaseRecords(
+        order_states, payments, event_counts, unique_key_index, repeated_keys, late_charge_refunds
+    )
+
+
+async def unrefunded_late_charges(database_url: str, order_ids: Sequence[str]) -> list[str]:
+    """Orders cancelled or failed with a payment still charged: late charges the sweep has not
+    refunded yet (or, should they stay, orders left charged)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT o.id FROM orders o JOIN payments p ON p.order_id = o.id WHERE o.id = ANY($1) "
+            "AND o.state IN ($2, $3) AND p.status = 'charged'", order_ids, CANCELLED, FAILED)
+    finally:
+        await connection.close()
+    return [row["id"] for row in rows]
 
 
 @dataclass

@@ -8,11 +8,15 @@ import random
 from dataclasses import dataclass
 from typing import Optional
 
-SCENARIOS = ("workers", "graceful", "database", "web")
+SCENARIOS = ("workers", "stalls", "graceful", "database", "web")
 # Faults fire between these shares of the orders started, so that orders are in flight before,
 # during and after each of them.
 FAULT_WINDOW = (0.1, 0.8)
 RESTART_PAUSE_SECONDS = (0.5, 2.0)
+# A stalled worker is frozen (SIGSTOP) longer than the 2-s workflow task timeout, so that its
+# tasks time out and its replica takes them over while its own attempts are still in flight,
+# to complete when it wakes (SIGCONT).
+STALL_SECONDS = (2.5, 4.0)
 # An operator's cancel comes this long after the order's start answered: an order takes about
 # 0.5 to 2 s from there under the fault test's load, so cancels land before the approval, while
 # charging, while shipping and after the end.
@@ -21,17 +25,18 @@ CANCEL_AFTER_SECONDS = (0.0, 1.5)
 
 @dataclass
 class Fault:
-    action: str  # kill, graceful, database, web
+    action: str  # kill, stall, graceful, database, web
     target: str
     after_started: int
     """Fires once this many orders have been started."""
     pause: float
-    """Seconds between stopping the process and starting it again."""
+    """Seconds between stopping the process and starting it again (stall: frozen)."""
 
     @property
     def label(self) -> str:
         return {
             "kill": f"SIGKILL {self.target}",
+            "stall": f"SIGSTOP {self.target} for {self.pause:.1f} s",
             "graceful": f"SIGTERM {self.target}",
             "database": "restart PostgreSQL",
             "web": "restart web",
@@ -42,6 +47,10 @@ def plan_faults(rng: random.Random, args: argparse.Namespace) -> list[Fault]:
     wanted: list[tuple[str, str]] = []
     if "workers" in args.scenarios:
         wanted += [("kill", "order-worker"), ("kill", "shipping-worker")] * args.kills
+    if "stalls" in args.scenarios:
+        # The second replicas: the kills take the first ones, and the two kinds of fault may
+        # overlap (see scripts/faults/run.py inject_faults).
+        wanted += [("stall", "order-worker-2"), ("stall", "shipping-worker-2")] * args.stalls
     if "graceful" in args.scenarios:
         wanted.append(("graceful", "order-worker"))
     if "database" in args.scenarios:
@@ -57,7 +66,7 @@ def plan_faults(rng: random.Random, args: argparse.Namespace) -> list[Fault]:
         max(1, round(low + (index + rng.random()) * slice_width)) for index in range(len(wanted))
     ]
     return [
-        Fault(action, target, moment, rng.uniform(*RESTART_PAUSE_SECONDS))
+        Fault(action, target, moment, rng.uniform(*(STALL_SECONDS if action == "stall" else RESTART_PAUSE_SECONDS)))
         for (action, target), moment in zip(wanted, moments)
     ]
 

@@ -124,6 +124,8 @@ async def inject_faults(system: System, faults: list[Fault], progress: RunProgre
         began, started, terminal = time.monotonic(), progress.started, progress.terminal
         if fault.action == "kill":
             await system.kill_worker(fault.target, fault.pause)
+        elif fault.action == "stall":
+            await system.stall_worker(fault.target, fault.pause)
         elif fault.action == "graceful":
             await system.restart_worker_gracefully(fault.target, fault.pause)
         elif fault.action == "database":

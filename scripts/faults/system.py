@@ -66,6 +66,7 @@ class GracefulStop:
 @dataclass
 class FaultCounts:
     kills: Counter[str] = field(default_factory=Counter)
+    stalls: Counter[str] = field(default_factory=Counter)
     database_outage_seconds: list[float] = field(default_factory=list)
     """One entry per restart of PostgreSQL."""
     web_outage_seconds: list[float] = field(default_factory=list)
@@ -74,9 +75,11 @@ class FaultCounts:
 
 
 class System:
-    """PostgreSQL, Temporal, the web app and both workers of one run, in `root`."""
+    """PostgreSQL, Temporal, the web app and both workers of one run, in `root`; with
+    `replicas` > 1, that many processes of each worker (`order-worker`, `order-worker-2`, ...),
+    as `docker compose up --scale` runs them."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, replicas: int = 1) -> None:
         self.root = root
         logs = root / "logs"
         logs.mkdir(parents=True)
@@ -112,7 +115,8 @@ class System:
         )
         self.workers = {
             name: Child(name, [PYTHON, "-m", f"orchestration.{area}.worker"], env, logs / f"{name}.log")
-            for name, area in (("order-worker", "order"), ("shipping-worker", "shipping"))
+            for base, area in (("order-worker", "order"), ("shipping-worker", "shipping"))
+            for name in (base, *(f"{base}-{n}" for n in range(2, replicas + 1)))
         }
         self.migrate_argv = [PYTHON, "scripts/migrate.py"]
         self.env = env
@@ -171,6 +175,16 @@ class System:
         self.faults.kills[name] += 1
         await asyncio.sleep(pause)
         await self._start_worker(name)
+
+    async def stall_worker(self, name: str, seconds: float) -> None:
+        """Freeze the worker for `seconds` (SIGSTOP), then let it go on (SIGCONT)."""
+        group = self.workers[name].process.pid
+        os.killpg(group, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            os.killpg(group, signal.SIGCONT)
+        self.faults.stalls[name] += 1
 
     async def stop_worker_gracefully(self, name: str, moment: str) -> None:
         worker = self.workers[name]
