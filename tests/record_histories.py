@@ -11,7 +11,9 @@ workflow id of each). Re-record only when a workflow change is meant to be incom
 running orders; keep the previous histories in a subfolder, with a test in tests/test_replay.py
 that shows why they no longer replay. cancelled_in_review.json and
 cancelled_after_charge.shipping-1.json predate two `workflow.patched` branches and show that
-they keep such orders replaying: keep them as they are."""
+they keep such orders replaying: keep them as they are. The subfolder before_dispatch_decision/
+holds cancelled_after_charge as recorded with the check-dispatch-on-cancel branch, before the
+withdraw-dispatch-on-cancel one (recorded with commit 2f9dcb4)."""
 
 from __future__ import annotations
 

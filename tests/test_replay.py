@@ -4,6 +4,7 @@ before it reaches a worker that has orders in flight."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from pathlib import Path
@@ -15,7 +16,11 @@ from temporalio.workflow import NondeterminismError
 
 from orchestration.order.actions import DURABLE_ADDRESS_PATCH
 from orchestration.order.workflow import DURABLE_CLOSE_PATCH, OrderWorkflow
-from orchestration.shipping.workflow import CHECK_DISPATCH_ON_CANCEL_PATCH, ShippingWorkflow
+from orchestration.shipping.workflow import (
+    CHECK_DISPATCH_ON_CANCEL_PATCH,
+    WITHDRAW_DISPATCH_PATCH,
+    ShippingWorkflow,
+)
 
 FOLDER = Path(__file__).resolve().parent / "histories"
 WORKFLOW_IDS = json.loads((FOLDER / "workflow_ids.json").read_text())
@@ -23,6 +28,27 @@ HISTORIES = sorted(FOLDER / name for name in WORKFLOW_IDS)
 # Recorded when every step was a regular activity (before the steps became local activities).
 REGULAR = FOLDER / "regular_activities"
 REGULAR_IDS = json.loads((REGULAR / "workflow_ids.json").read_text())
+# Recorded before a cancelled shipping attempt claimed the order's dispatch decision.
+BEFORE_DECISION = FOLDER / "before_dispatch_decision"
+BEFORE_DECISION_IDS = json.loads((BEFORE_DECISION / "workflow_ids.json").read_text())
+
+
+def patches_in(path: Path) -> set[str]:
+    """The `workflow.patched` ids a history recorded (core_patch markers, their data base64 JSON)."""
+    patches = set()
+    for event in json.loads(path.read_text())["events"]:
+        marker = event.get("markerRecordedEventAttributes")
+        if marker and marker["markerName"] == "core_patch":
+            data = marker["details"]["patch-data"]["payloads"][0]["data"]
+            patches.add(json.loads(base64.b64decode(data))["id"])
+    return patches
+
+
+async def replay(workflow_id: str, path: Path):
+    history = WorkflowHistory.from_json(workflow_id, path.read_text())
+    return await Replayer(workflows=[OrderWorkflow, ShippingWorkflow]).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
 
 
 def test_every_scenario_has_a_recorded_history():
@@ -48,19 +74,31 @@ def test_histories_from_before_the_checks_for_lost_effects_have_no_patch_marker(
     (above) only because workflow.patched keeps the old path for a history without the marker:
     orders running when those changes are deployed carry on. Keep these files as they are when
     re-recording the others."""
-    assert patch not in (FOLDER / name).read_text()
+    assert patch not in patches_in(FOLDER / name)
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[path.stem for path in HISTORIES])
 async def test_history_replays_without_nondeterminism(path: Path, caplog):
-    history = WorkflowHistory.from_json(WORKFLOW_IDS[path.name], path.read_text())
     caplog.set_level(logging.INFO, logger="temporalio.workflow")
-    result = await Replayer(workflows=[OrderWorkflow, ShippingWorkflow]).replay_workflow(
-        history, raise_on_replay_failure=False
-    )
+    result = await replay(WORKFLOW_IDS[path.name], path)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
     # workflow.logger stays quiet while replaying: a replayed order does not log twice.
     assert not [r for r in caplog.records if r.name == "temporalio.workflow"]
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_DECISION_IDS))
+async def test_orders_from_before_the_dispatch_decision_still_replay(name: str):
+    """Recorded (cancelled while the package was prepared) when a cancelled shipping attempt only
+    asked whether the goods had left (`dispatched_on_record`); it now claims the order's dispatch
+    decision (`withdraw_dispatch`). The shipping attempt carries the older patch's marker and not
+    the newer one's, and replays because workflow.patched keeps its branch: shipping attempts in
+    flight across the change carry on."""
+    path = BEFORE_DECISION / name
+    if ".shipping-" in name:
+        assert CHECK_DISPATCH_ON_CANCEL_PATCH in patches_in(path)
+        assert WITHDRAW_DISPATCH_PATCH not in patches_in(path)
+    result = await replay(BEFORE_DECISION_IDS[name], path)
+    assert result.replay_failure is None, f"{name}: {result.replay_failure}"
 
 
 @pytest.mark.parametrize("name", ["happy.json", "happy.shipping-1.json"])
@@ -70,8 +108,5 @@ async def test_orders_recorded_with_regular_activities_no_longer_replay(name: st
     by the new ones. There is deliberately no `workflow.patched` branch keeping both paths:
     every order ends within 15 s of its start, so a deploy of this change stops the starts
     (or the web app), lets the old workers finish what runs for 15 s, and then replaces them."""
-    history = WorkflowHistory.from_json(REGULAR_IDS[name], (REGULAR / name).read_text())
-    result = await Replayer(workflows=[OrderWorkflow, ShippingWorkflow]).replay_workflow(
-        history, raise_on_replay_failure=False
-    )
+    result = await replay(REGULAR_IDS[name], REGULAR / name)
     assert isinstance(result.replay_failure, NondeterminismError), result.replay_failure
