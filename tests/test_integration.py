@@ -20,14 +20,14 @@ ORDERS = 20
 HOME = Address(line1="1 Main St", city="Springfield", postal_code="12345", country="US")
 
 
-async def run_one(client, order_id: str) -> tuple[str, float, object]:
-    started = time.monotonic()
-    handle = await client.start_workflow(
+async def start_order(client, order_id: str, items: tuple[Item, ...] = (Item("ABC", 2),)):
+    """An order for the session's workers, paid with pay-<order id>, with an address."""
+    return await client.start_workflow(
         OrderWorkflow.run,
         OrderInput(
             order_id=order_id,
             payment_id=f"pay-{order_id}",
-            items=[Item("ABC", 2), Item("XYZ", 1)],
+            items=list(items),
             address=HOME,
             policy=get_settings().order_policy,
             shipping_task_queue=SHIPPING_QUEUE,
@@ -35,6 +35,11 @@ async def run_one(client, order_id: str) -> tuple[str, float, object]:
         id=f"order-{order_id}",
         task_queue=ORDERS_QUEUE,
     )
+
+
+async def run_one(client, order_id: str) -> tuple[str, float, object]:
+    started = time.monotonic()
+    handle = await start_order(client, order_id, (Item("ABC", 2), Item("XYZ", 1)))
     await handle.signal(OrderWorkflow.approve)
     status = await handle.result()
     return order_id, time.monotonic() - started, status
@@ -113,19 +118,7 @@ async def test_a_charge_a_lost_workflow_task_made_is_refunded_when_the_order_is_
     await Payment.insert(
         Payment(payment_id=payment_id, order_id=order_id, status="charged", amount=2, created_at=now)
     )
-    handle = await workers.start_workflow(
-        OrderWorkflow.run,
-        OrderInput(
-            order_id=order_id,
-            payment_id=payment_id,
-            items=[Item("ABC", 2)],
-            address=HOME,
-            policy=get_settings().order_policy,
-            shipping_task_queue=SHIPPING_QUEUE,
-        ),
-        id=f"order-{order_id}",
-        task_queue=ORDERS_QUEUE,
-    )
+    handle = await start_order(workers, order_id)
     await handle.signal(OrderWorkflow.cancel_order, CancelOrder("customer called"))
     status = await handle.result()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from orchestration.models import CANCELLED, CHARGED, SHIPPED, CancelOrder, Item, LateCharge, OrderInput
+from orchestration.models import CANCELLED, CHARGED, SHIPPED, CancelOrder, LateCharge
 from orchestration.order import business
 from orchestration.order.late_charges import (
     LateChargeRefundWorkflow,
@@ -18,24 +18,11 @@ from orchestration.order.workflow import OrderWorkflow
 from orchestration.records import utc_now
 from orchestration.settings import get_settings
 from orchestration.tables import Event, Order, Payment
-from tests.conftest import ORDERS_QUEUE, SHIPPING_QUEUE
-from tests.test_integration import HOME
+from tests.test_integration import start_order
 
 
 async def cancelled_in_review(client, order_id: str) -> None:
-    handle = await client.start_workflow(
-        OrderWorkflow.run,
-        OrderInput(
-            order_id=order_id,
-            payment_id=f"pay-{order_id}",
-            items=[Item("ABC", 2)],
-            address=HOME,
-            policy=get_settings().order_policy,
-            shipping_task_queue=SHIPPING_QUEUE,
-        ),
-        id=f"order-{order_id}",
-        task_queue=ORDERS_QUEUE,
-    )
+    handle = await start_order(client, order_id)
     await handle.signal(OrderWorkflow.cancel_order, CancelOrder("customer called"))
     assert (await handle.result()).state == CANCELLED
 
