@@ -90,6 +90,13 @@ async def carrier_dispatched(
 
 STARTED_EVENT = "dispatch_started"
 WITHDRAWN_EVENT = "dispatch_withdrawn"
+# After a claim (a CTE named `claim`): the decision that stands, this claim's or the one before
+# it (the statement's snapshot does not see its own insert), and whether the goods are on
+# record. Parameters: the decision key, the dispatch key.
+DECISION_STANDING = (
+    "COALESCE((SELECT type FROM claim), (SELECT type FROM events WHERE event_key = {})) AS decision,"
+    " EXISTS (SELECT 1 FROM events WHERE event_key = {}) AS dispatched"
+)
 
 
 def _decision_key(order_id: str) -> str:
@@ -109,9 +116,7 @@ async def _claim_dispatch(order_id: str, shipping_attempt: int) -> tuple[Optiona
         " SELECT {}, {}, {}, {}::jsonb, {}"
         " WHERE NOT EXISTS (SELECT 1 FROM orders WHERE id = {} AND state IN ({}, {}))"
         " ON CONFLICT (event_key) DO NOTHING RETURNING type)"
-        " SELECT (SELECT state FROM orders WHERE id = {}) AS order_state,"
-        " COALESCE((SELECT type FROM claim), (SELECT type FROM events WHERE event_key = {})) AS decision,"
-        " EXISTS (SELECT 1 FROM events WHERE event_key = {}) AS dispatched",
+        " SELECT (SELECT state FROM orders WHERE id = {}) AS order_state, " + DECISION_STANDING,
         _decision_key(order_id),
         order_id,
         STARTED_EVENT,
@@ -134,8 +139,7 @@ async def dispatch_withdrawn(order_id: str, shipping_attempt: int) -> str:
     [row] = await Event.raw(
         "WITH claim AS (INSERT INTO events (event_key, order_id, type, payload_json, ts)"
         " VALUES ({}, {}, {}, {}::jsonb, {}) ON CONFLICT (event_key) DO NOTHING RETURNING type)"
-        " SELECT COALESCE((SELECT type FROM claim), (SELECT type FROM events WHERE event_key = {})) AS decision,"
-        " EXISTS (SELECT 1 FROM events WHERE event_key = {}) AS dispatched",
+        " SELECT " + DECISION_STANDING,
         _decision_key(order_id),
         order_id,
         WITHDRAWN_EVENT,
